@@ -1,0 +1,182 @@
+// fused_edge_message: out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[e]) * s[e].
+//
+// One target per task, features innermost. The backward recomputes h = p + q + r and the SiLU per
+// edge instead of keeping E x F activations; the gradient w.r.t. q (gathered by src) is summed over
+// the transposed CSR, so every sum has a fixed order whatever the number of threads.
+#include <ATen/Parallel.h>
+
+#include "cpu/kernels.h"
+#include "cpu/vec_math.h"
+
+namespace pamnet_fast {
+namespace cpu {
+
+namespace {
+
+template <typename scalar_t>
+__attribute__((always_inline)) inline void forward_rows(scalar_t* __restrict out,
+                                                        const scalar_t* __restrict p,
+                                                        const scalar_t* __restrict q,
+                                                        const scalar_t* __restrict r,
+                                                        const scalar_t* __restrict s,
+                                                        const int64_t* ptr, const int64_t* src,
+                                                        int64_t begin, int64_t end, int64_t F) {
+  for (int64_t i = begin; i < end; ++i) {
+    scalar_t* o = out + i * F;
+    const scalar_t* pi = p + i * F;
+    for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(0);
+    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+      const scalar_t* qj = q + src[e] * F;
+      const scalar_t* re = r + e * F;
+      const scalar_t* se = s + e * F;
+      for (int64_t f = 0; f < F; ++f) {
+        const scalar_t h = (pi[f] + qj[f]) + re[f];
+        o[f] += h * sigmoid(h) * se[f];
+      }
+    }
+  }
+}
+
+// Per edge: gh = d out / d h (written to gh, the gradient of r), gs = d out / d s; gp sums gh per target.
+template <typename scalar_t>
+__attribute__((always_inline)) inline void backward_rows(
+    const scalar_t* __restrict go, const scalar_t* __restrict p, const scalar_t* __restrict q,
+    const scalar_t* __restrict r, const scalar_t* __restrict s, const int64_t* ptr,
+    const int64_t* src, scalar_t* __restrict gh, scalar_t* __restrict gs, scalar_t* __restrict gp,
+    int64_t begin, int64_t end, int64_t F) {
+  for (int64_t i = begin; i < end; ++i) {
+    const scalar_t* pi = p + i * F;
+    const scalar_t* gi = go + i * F;
+    scalar_t* gpi = gp ? gp + i * F : nullptr;
+    if (gpi)
+      for (int64_t f = 0; f < F; ++f) gpi[f] = scalar_t(0);
+    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+      const scalar_t* qj = q + src[e] * F;
+      const scalar_t* re = r + e * F;
+      const scalar_t* se = s + e * F;
+      scalar_t* ghe = gh ? gh + e * F : nullptr;
+      scalar_t* gse = gs ? gs + e * F : nullptr;
+      for (int64_t f = 0; f < F; ++f) {
+        const scalar_t h = (pi[f] + qj[f]) + re[f];
+        const scalar_t sg = sigmoid(h);
+        if (gse) gse[f] = gi[f] * (h * sg);
+        const scalar_t g = gi[f] * se[f] * (sg * (scalar_t(1) + h * (scalar_t(1) - sg)));
+        if (ghe) ghe[f] = g;
+        if (gpi) gpi[f] += g;
+      }
+    }
+  }
+}
+
+// out[m] = sum_{t in [tptr[m], tptr[m+1])} x[perm[t]].
+template <typename scalar_t>
+__attribute__((always_inline)) inline void gather_sum_rows(scalar_t* __restrict out,
+                                                           const scalar_t* __restrict x,
+                                                           const int64_t* perm, const int64_t* tptr,
+                                                           int64_t begin, int64_t end, int64_t F) {
+  for (int64_t m = begin; m < end; ++m) {
+    scalar_t* o = out + m * F;
+    for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(0);
+    for (int64_t t = tptr[m]; t < tptr[m + 1]; ++t) {
+      const scalar_t* xe = x + perm[t] * F;
+      for (int64_t f = 0; f < F; ++f) o[f] += xe[f];
+    }
+  }
+}
+
+// The float versions are compiled per ISA (vec_math.h); double runs at the baseline ISA.
+PAMNET_FAST_VECTOR_CLONES void forward_rows_f(float* out, const float* p, const float* q,
+                                              const float* r, const float* s, const int64_t* ptr,
+                                              const int64_t* src, int64_t b, int64_t e, int64_t F) {
+  forward_rows(out, p, q, r, s, ptr, src, b, e, F);
+}
+PAMNET_FAST_VECTOR_CLONES void backward_rows_f(const float* go, const float* p, const float* q,
+                                               const float* r, const float* s, const int64_t* ptr,
+                                               const int64_t* src, float* gh, float* gs, float* gp,
+                                               int64_t b, int64_t e, int64_t F) {
+  backward_rows(go, p, q, r, s, ptr, src, gh, gs, gp, b, e, F);
+}
+PAMNET_FAST_VECTOR_CLONES void gather_sum_rows_f(float* out, const float* x, const int64_t* perm,
+                                                 const int64_t* tptr, int64_t b, int64_t e, int64_t F) {
+  gather_sum_rows(out, x, perm, tptr, b, e, F);
+}
+
+void run_forward(float* out, const float* p, const float* q, const float* r, const float* s,
+                 const int64_t* ptr, const int64_t* src, int64_t b, int64_t e, int64_t F) {
+  forward_rows_f(out, p, q, r, s, ptr, src, b, e, F);
+}
+void run_forward(double* out, const double* p, const double* q, const double* r, const double* s,
+                 const int64_t* ptr, const int64_t* src, int64_t b, int64_t e, int64_t F) {
+  forward_rows(out, p, q, r, s, ptr, src, b, e, F);
+}
+void run_backward(const float* go, const float* p, const float* q, const float* r, const float* s,
+                  const int64_t* ptr, const int64_t* src, float* gh, float* gs, float* gp, int64_t b,
+                  int64_t e, int64_t F) {
+  backward_rows_f(go, p, q, r, s, ptr, src, gh, gs, gp, b, e, F);
+}
+void run_backward(const double* go, const double* p, const double* q, const double* r,
+                  const double* s, const int64_t* ptr, const int64_t* src, double* gh, double* gs,
+                  double* gp, int64_t b, int64_t e, int64_t F) {
+  backward_rows(go, p, q, r, s, ptr, src, gh, gs, gp, b, e, F);
+}
+void run_gather_sum(float* out, const float* x, const int64_t* perm, const int64_t* tptr, int64_t b,
+                    int64_t e, int64_t F) {
+  gather_sum_rows_f(out, x, perm, tptr, b, e, F);
+}
+void run_gather_sum(double* out, const double* x, const int64_t* perm, const int64_t* tptr, int64_t b,
+                    int64_t e, int64_t F) {
+  gather_sum_rows(out, x, perm, tptr, b, e, F);
+}
+
+}  // namespace
+
+at::Tensor fused_edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                                     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src) {
+  const int64_t N = ptr.numel() - 1, F = p.size(1), E = r.size(0);
+  auto out = at::empty({N, F}, p.options());
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fused_edge_message", [&] {
+    at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+      run_forward(out.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                  r.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
+                  src.data_ptr<int64_t>(), begin, end, F);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward_kernel(
+    const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src, std::array<bool, 4> mask) {
+  const int64_t N = ptr.numel() - 1, F = p.size(1), E = r.size(0), M = q.size(0);
+  const bool need_p = mask[0], need_q = mask[1], need_r = mask[2], need_s = mask[3];
+  auto none = at::empty({0}, p.options());
+  at::Tensor grad_p = need_p ? at::empty_like(p) : none;
+  at::Tensor grad_s = need_s ? at::empty_like(s) : none;
+  // d out / d h is the gradient of r, and what the gradient of q sums over the edges of each source.
+  at::Tensor grad_h = (need_r || need_q) ? at::empty_like(r) : none;
+  at::Tensor grad_q = need_q ? at::empty_like(q) : none;
+  if (!(need_p || need_q || need_r || need_s)) return {none, none, none, none};
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fused_edge_message_backward", [&] {
+    scalar_t* gh = grad_h.numel() ? grad_h.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gs = need_s ? grad_s.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gp = need_p ? grad_p.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+      run_backward(grad_out.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
+                   r.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
+                   src.data_ptr<int64_t>(), gh, gs, gp, begin, end, F);
+    });
+    if (need_q) {
+      auto [perm, tptr] = transpose_csr(src, M);
+      const int64_t* pm = perm.data_ptr<int64_t>();
+      const int64_t* tp = tptr.data_ptr<int64_t>();
+      scalar_t* gq = grad_q.data_ptr<scalar_t>();
+      at::parallel_for(0, M, grain_for(M, E, F), [&](int64_t begin, int64_t end) {
+        run_gather_sum(gq, gh, pm, tp, begin, end, F);
+      });
+    }
+  });
+  return {grad_p, grad_q, need_r ? grad_h : none, grad_s};
+}
+
+}  // namespace cpu
+}  // namespace pamnet_fast

@@ -1,0 +1,298 @@
+// radius_graph on CPU: all pairs j -> i of the same graph with sqrt(dx*dx + dy*dy + dz*dz) <= r, d = pos_j -
+// pos_i evaluated in the input dtype exactly as pamnet_fast/ops/reference.py does, sorted by target then
+// source, with a CSR pointer over targets.
+//
+// Algorithm. A cell list (cell_list.h) with cells a little wider than r, so every neighbor of an atom lies in
+// the 27 cells around it. The neighbor relation is symmetric (the distance of i to j and of j to i are the
+// same bits), which gives the output order for free: visiting the sources j in ascending order and appending
+// j to the list of each of its neighbors i leaves every list sorted, with no per-target sort. Threads take
+// contiguous blocks of sources, so target i's list is the concatenation of the parts written by blocks 0, 1,
+// ...; a first pass counts the part of every (block, target), which fixes where each block writes, and a
+// second pass writes. Deterministic, no atomics, output allocated once.
+//
+// max_num_neighbors with truncate: targets over the limit are filled separately, by sorting their candidates
+// by (distance, source) as the reference does.
+#include "cpu/cell_list.h"
+#include "cpu/kernels.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+#include <chrono>  // PROFILE
+#define PROF(name) if (std::getenv("NBR_PROF")) { auto now = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.2f ms\n", name, std::chrono::duration<double, std::milli>(now - prof_t).count()); prof_t = now; }  // PROFILE
+
+namespace pamnet_fast {
+namespace cpu {
+namespace {
+
+constexpr double kCellsPerReach = 1;
+
+// Largest s with sqrt(s) <= r in scalar_t. The correctly rounded sqrt is monotone, so `sqrt(s) <= r` iff
+// `s <= threshold`, bit for bit; the inner loops compare squared distances and never take a sqrt.
+template <typename scalar_t>
+scalar_t squared_threshold(scalar_t r) {
+  const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
+  scalar_t t = r * r;
+  while (t > 0 && std::sqrt(t) > r) t = std::nextafter(t, scalar_t(0));
+  while (t < inf && std::sqrt(std::nextafter(t, inf)) <= r) t = std::nextafter(t, inf);
+  return t;
+}
+
+// Python's str(float): the shortest digits that round-trip, positional for exponents in [-4, 16).
+std::string python_float_str(double v) {
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  if (std::isnan(v)) return "nan";
+  char buf[64];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof(buf), "%.*e", digits - 1, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  const std::string s(buf);
+  const size_t e = s.find('e');
+  const int exp = std::atoi(s.c_str() + e + 1);
+  std::string digits;
+  for (size_t k = 0; k < e; ++k)
+    if (std::isdigit(static_cast<unsigned char>(s[k]))) digits += s[k];
+  const std::string sign = s[0] == '-' ? "-" : "";
+  if (exp < -4 || exp >= 16) {
+    const std::string frac = digits.size() > 1 ? "." + digits.substr(1) : "";
+    char e_buf[16];
+    std::snprintf(e_buf, sizeof(e_buf), "e%c%02d", exp < 0 ? '-' : '+', std::abs(exp));
+    return sign + digits.substr(0, 1) + frac + e_buf;
+  }
+  if (exp < 0) return sign + "0." + std::string(-exp - 1, '0') + digits;
+  if (static_cast<int>(digits.size()) <= exp + 1)
+    return sign + digits + std::string(exp + 1 - digits.size(), '0') + ".0";
+  return sign + digits.substr(0, exp + 1) + "." + digits.substr(exp + 1);
+}
+
+// Atoms within r of a given atom, from the cell list.
+template <typename scalar_t>
+struct RadiusSearch {
+  const CellList<scalar_t>& cells;
+  const std::vector<int64_t>& graph_of;
+  const scalar_t* pos;
+  scalar_t r2;   // squared_threshold(r)
+  double reach;  // > r by more than the rounding of the distance: no pair within r is farther apart
+
+  // Calls row(first, last) for each x-row of cells first..last (consecutive global ids, so one contiguous
+  // run of slots) that intersects the ball of radius reach around atom i, i.e. that may hold its neighbors.
+  template <typename F>
+  void for_each_row(int64_t i, F&& row) const {
+    const Grid& grid = cells.grids[graph_of[i]];
+    const double q[3] = {pos[3 * i] - grid.origin[0], pos[3 * i + 1] - grid.origin[1],
+                         pos[3 * i + 2] - grid.origin[2]};
+    const double reach2 = reach * reach;
+    const double wz = reach + grid.slack;
+    for (int64_t cz = grid.cell(q[2] - wz, 2); cz <= grid.cell(q[2] + wz, 2); ++cz) {
+      const double gz = grid.gap(q[2], cz, 2), rz2 = reach2 - gz * gz;
+      if (rz2 < 0) continue;
+      const double wy = std::sqrt(rz2) + grid.slack;
+      for (int64_t cy = grid.cell(q[1] - wy, 1); cy <= grid.cell(q[1] + wy, 1); ++cy) {
+        const double gy = grid.gap(q[1], cy, 1), ry2 = rz2 - gy * gy;
+        if (ry2 < 0) continue;
+        const double wx = std::sqrt(ry2) + grid.slack;
+        const int64_t id = grid.id(0, cy, cz);
+        row(id + grid.cell(q[0] - wx, 0), id + grid.cell(q[0] + wx, 0));
+      }
+    }
+  }
+
+  // Number of slots in [s0, s1) within r of p. Vectorizes: no sqrt, no branch.
+  int64_t count(const scalar_t* p, int64_t s0, int64_t s1) const {
+    const scalar_t *x = cells.x.data(), *y = cells.y.data(), *z = cells.z.data();
+    int32_t c = 0;
+    for (int64_t s = s0; s < s1; ++s) {
+      const scalar_t dx = x[s] - p[0], dy = y[s] - p[1], dz = z[s] - p[2];
+      c += dx * dx + dy * dy + dz * dz <= r2;
+    }
+    return c;
+  }
+
+  // Calls f(slot) for each slot in [s0, s1) within r of p, in slot order. Chunks of squared distances
+  // (vectorized), then a branch-free compaction of the hits, then the callback on the hits only.
+  template <typename F>
+  void for_each_hit(const scalar_t* p, int64_t s0, int64_t s1, F&& f) const {
+    constexpr int64_t kChunk = 64;
+    scalar_t d2[kChunk];
+    int64_t hits[kChunk];
+    for (; s0 < s1; s0 += kChunk) {
+      const int64_t len = std::min(s1 - s0, kChunk);
+      const scalar_t *x = cells.x.data() + s0, *y = cells.y.data() + s0, *z = cells.z.data() + s0;
+      for (int64_t t = 0; t < len; ++t) {
+        const scalar_t dx = x[t] - p[0], dy = y[t] - p[1], dz = z[t] - p[2];
+        d2[t] = dx * dx + dy * dy + dz * dz;
+      }
+      int64_t m = 0;
+      for (int64_t t = 0; t < len; ++t) {
+        hits[m] = s0 + t;
+        m += d2[t] <= r2;
+      }
+      for (int64_t k = 0; k < m; ++k) f(hits[k]);
+    }
+  }
+};
+
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r,
+                                               const at::Tensor& batch_ptr_t, bool loop,
+                                               int64_t max_num_neighbors, bool truncate) {
+  const int64_t n = pos_t.size(0);
+  const int64_t num_graphs = batch_ptr_t.numel() - 1;
+  const scalar_t* pos = pos_t.data_ptr<scalar_t>();
+  const int64_t* batch_ptr = batch_ptr_t.data_ptr<int64_t>();
+
+  // The float32 distance of a pair within r can exceed its true separation by a few ulps, or by up to
+  // ~1e-22 when the squares underflow; reach covers both with a wide margin.
+  auto prof_t = std::chrono::steady_clock::now();  // PROFILE
+  const scalar_t r_s = static_cast<scalar_t>(r);
+  const double tiny = sizeof(scalar_t) == 4 ? 1e-20 : 1e-150;
+  const double reach = static_cast<double>(r_s) * (1 + 1e-5) + tiny;
+  // Cells reach / kCellsPerReach wide, never more than ~2 per atom (sparse or huge coordinates).
+  const CellList<scalar_t> cells =
+      build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms) {
+        return edge_for(ext, reach / kCellsPerReach, 2.0 * atoms + 8);
+      });
+  const std::vector<int64_t> graph_of = node_graph(batch_ptr, num_graphs);
+  const RadiusSearch<scalar_t> search{cells, graph_of, pos, squared_threshold(r_s), reach};
+  PROF("build")
+  const int64_t* index = cells.index.data();
+  const int64_t* cell_start = cells.cell_start.data();
+
+  // Sources are split into contiguous blocks of indices, one per thread of pass 2.
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 16, n}));
+  const int64_t block_size = std::max<int64_t>(1, (n + blocks - 1) / blocks);
+
+  // Pass 1, by target in cell order: count[b * n + i] = number of sources of target i in block b. A row of
+  // cells is cut where the block changes (rarely: atoms are sorted by index within a cell, and nearby
+  // atoms tend to have nearby indices), and each piece is counted by the vectorized loop.
+  std::vector<int64_t> count(blocks * n, 0);
+  at::parallel_for(0, n, 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t i = index[t];
+      const scalar_t* p = pos + 3 * i;
+      search.for_each_row(i, [&](int64_t c0, int64_t c1) {
+        int64_t piece = cell_start[c0], piece_block = -1;
+        for (int64_t c = c0; c <= c1; ++c) {
+          for (int64_t s = cell_start[c], e = cell_start[c + 1]; s < e;) {
+            const int64_t b = index[s] / block_size;
+            const int64_t next = index[e - 1] / block_size == b
+                                     ? e
+                                     : std::lower_bound(index + s, index + e, (b + 1) * block_size) - index;
+            if (b != piece_block) {
+              if (piece_block >= 0) count[piece_block * n + i] += search.count(p, piece, s);
+              piece = s;
+              piece_block = b;
+            }
+            s = next;
+          }
+        }
+        if (piece_block >= 0) count[piece_block * n + i] += search.count(p, piece, cell_start[c1 + 1]);
+      });
+      if (!loop) --count[(i / block_size) * n + i];  // itself, at distance 0
+    }
+  });
+
+  PROF("count")
+  std::vector<int64_t> total(n, 0);
+  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t i = i0; i < i1; ++i) total[i] += count[b * n + i];
+  });
+  const int64_t max_count = n > 0 ? *std::max_element(total.begin(), total.end()) : 0;
+  const bool over = max_num_neighbors >= 0 && max_count > max_num_neighbors;
+  TORCH_CHECK_VALUE(!over || truncate, "radius_graph: a node has ", max_count, " neighbors within r=",
+                    python_float_str(r), ", more than max_num_neighbors=", max_num_neighbors,
+                    "; raise max_num_neighbors or pass truncate=True to keep the nearest ones");
+
+  at::Tensor ptr_t = at::empty({n + 1}, pos_t.options().dtype(at::kLong));
+  int64_t* ptr = ptr_t.data_ptr<int64_t>();
+  ptr[0] = 0;
+  for (int64_t i = 0; i < n; ++i)
+    ptr[i + 1] = ptr[i] + (over ? std::min(total[i], max_num_neighbors) : total[i]);
+  const int64_t num_edges = ptr[n];
+  at::Tensor edge_index = at::empty({2, num_edges}, ptr_t.options());
+  int64_t* src = edge_index.data_ptr<int64_t>();
+  int64_t* dst = src + num_edges;
+
+  // count becomes cursor: where block b writes its next source of target i (-1: target filled apart).
+  at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t at = ptr[i];
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t c = count[b * n + i];
+        count[b * n + i] = over && total[i] > max_num_neighbors ? -1 : at;
+        at += c;
+      }
+      std::fill(dst + ptr[i], dst + ptr[i + 1], i);
+    }
+  });
+
+  PROF("scan+alloc")
+  // Pass 2: each block takes its sources in ascending order and appends them to their targets' lists.
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t* cursor = count.data() + b * n;
+      for (int64_t j = b * block_size; j < std::min(n, (b + 1) * block_size); ++j) {
+        search.for_each_row(j, [&](int64_t c0, int64_t c1) {
+          search.for_each_hit(pos + 3 * j, cell_start[c0], cell_start[c1 + 1], [&](int64_t s) {
+            const int64_t i = index[s];
+            if ((loop || i != j) && cursor[i] >= 0) src[cursor[i]++] = j;
+          });
+        });
+      }
+    }
+  });
+
+  PROF("fill")
+  if (over) {
+    // Truncated targets: the max_num_neighbors nearest by (distance, source), then by source.
+    std::vector<int64_t> cut;
+    for (int64_t i = 0; i < n; ++i)
+      if (total[i] > max_num_neighbors) cut.push_back(i);
+    at::parallel_for(0, static_cast<int64_t>(cut.size()), 16, [&](int64_t t0, int64_t t1) {
+      std::vector<std::pair<scalar_t, int64_t>> cand;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i = cut[t];
+        const scalar_t* p = pos + 3 * i;
+        cand.clear();
+        search.for_each_row(i, [&](int64_t c0, int64_t c1) {
+          search.for_each_hit(p, cell_start[c0], cell_start[c1 + 1], [&](int64_t s) {
+            if (!loop && index[s] == i) return;
+            const scalar_t dx = cells.x[s] - p[0], dy = cells.y[s] - p[1], dz = cells.z[s] - p[2];
+            cand.emplace_back(std::sqrt(dx * dx + dy * dy + dz * dz), index[s]);
+          });
+        });
+        std::nth_element(cand.begin(), cand.begin() + max_num_neighbors, cand.end());
+        std::sort(cand.begin(), cand.begin() + max_num_neighbors,
+                  [](const auto& a, const auto& b) { return a.second < b.second; });
+        for (int64_t k = 0; k < max_num_neighbors; ++k) src[ptr[i] + k] = cand[k].second;
+      }
+    });
+  }
+  return std::make_tuple(edge_index, ptr_t);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> radius_graph_kernel(const at::Tensor& pos, double r,
+                                                       const at::Tensor& batch_ptr, bool loop,
+                                                       int64_t max_num_neighbors, bool truncate) {
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "radius_graph", [&] {
+    out = radius_impl<scalar_t>(pos, r, batch_ptr, loop, max_num_neighbors, truncate);
+  });
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace pamnet_fast

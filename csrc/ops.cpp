@@ -1,0 +1,277 @@
+// Argument checks of every op, then dispatch to the CPU kernels. Kernels assume what is checked here.
+#include "ops.h"
+
+#include <cmath>
+
+#include "cpu/kernels.h"
+
+namespace pamnet_fast {
+
+namespace {
+
+void check_cpu(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
+}
+
+void check_float(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  check_cpu(op, name, t);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+                   " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-dimensional, got shape ",
+                    t.sizes());
+}
+
+at::Tensor check_index(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
+  check_cpu(op, name, t);
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name,
+                   " must be an int32 or int64 index tensor, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-dimensional, got shape ",
+                    t.sizes());
+  return t.to(at::kLong).contiguous();
+}
+
+void check_finite(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.numel() == 0 || at::isfinite(t).all().item<bool>(), op, ": ", name,
+                    " contains NaN or infinite values");
+}
+
+void check_positive(const char* op, const char* name, double v) {
+  TORCH_CHECK_VALUE(v > 0 && std::isfinite(v), op, ": ", name, " must be positive and finite, got ", v);
+}
+
+void check_same_dtype(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                      const at::Tensor& ref) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " is ", t.scalar_type(),
+                   " but ", ref_name, " is ", ref.scalar_type());
+}
+
+void check_rows(const char* op, const char* name, const at::Tensor& t, int64_t rows, const char* what) {
+  TORCH_CHECK_VALUE(t.size(0) == rows, op, ": ", name, " has ", t.size(0), " rows but ", what, " is ",
+                    rows);
+}
+
+void check_features(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                    const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.size(1) == ref.size(1), op, ": ", name, " has ", t.size(1), " features but ",
+                    ref_name, " has ", ref.size(1));
+}
+
+void check_range(const char* op, const char* name, const at::Tensor& idx, int64_t upper) {
+  if (idx.numel() == 0) return;
+  const bool ok = idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < upper;
+  TORCH_CHECK_VALUE(ok, op, ": ", name, " has entries outside [0, ", upper, ")");
+}
+
+void check_non_decreasing(const char* op, const char* name, const at::Tensor& t, const char* what) {
+  const int64_t n = t.numel();
+  if (n < 2) return;
+  const bool ok = !(t.slice(0, 1, n) < t.slice(0, 0, n - 1)).any().item<bool>();
+  TORCH_CHECK_VALUE(ok, op, ": ", name, " must be ", what);
+}
+
+at::Tensor check_csr(const char* op, const char* name, const at::Tensor& ptr, int64_t nnz) {
+  auto p = check_index(op, name, ptr, 1);
+  TORCH_CHECK_VALUE(p.numel() > 0, op, ": ", name, " must have at least one entry (ptr[0] = 0)");
+  const int64_t first = p[0].item<int64_t>(), last = p[-1].item<int64_t>();
+  TORCH_CHECK_VALUE(first == 0 && last == nnz, op, ": ", name, " must start at 0 and end at ", nnz,
+                    " (the number of entries), got ", first, " and ", last);
+  check_non_decreasing(op, name, p, "non-decreasing");
+  return p;
+}
+
+at::Tensor check_positions(const char* op, const at::Tensor& pos) {
+  check_float(op, "pos", pos, 2);
+  TORCH_CHECK_VALUE(pos.size(1) == 3, op, ": pos must have shape [N, 3], got ", pos.sizes());
+  check_finite(op, "pos", pos);
+  return pos.contiguous();
+}
+
+// Node ranges of the graphs of a sorted batch vector: [G + 1] with graph g = [ptr[g], ptr[g+1]).
+at::Tensor graph_ptr(const char* op, const std::optional<at::Tensor>& batch, int64_t num_nodes) {
+  auto opts = at::TensorOptions().dtype(at::kLong);
+  if (!batch.has_value()) return at::tensor({int64_t(0), num_nodes}, opts);
+  auto b = check_index(op, "batch", *batch, 1);
+  TORCH_CHECK_VALUE(b.numel() == num_nodes, op, ": batch has ", b.numel(), " entries but pos has ",
+                    num_nodes, " nodes");
+  if (num_nodes == 0) return at::zeros({1}, opts);
+  TORCH_CHECK_VALUE(b.min().item<int64_t>() >= 0, op, ": batch contains negative graph indices");
+  check_non_decreasing(op, "batch", b,
+                       "sorted (nodes of each graph contiguous, graphs in ascending order)");
+  // Empty graphs (skipped ids) need no range: split where the graph index changes.
+  auto starts = at::nonzero(b.slice(0, 1, num_nodes) != b.slice(0, 0, num_nodes - 1)).view(-1) + 1;
+  return at::cat({at::zeros({1}, opts), starts, at::tensor({num_nodes}, opts)});
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> radius_graph(const at::Tensor& pos, double r,
+                                                const std::optional<at::Tensor>& batch, bool loop,
+                                                int64_t max_num_neighbors, bool truncate) {
+  const char* op = "radius_graph";
+  auto p = check_positions(op, pos);
+  check_positive(op, "r", r);
+  auto ptr = graph_ptr(op, batch, p.size(0));
+  return cpu::radius_graph_kernel(p, r, ptr, loop, max_num_neighbors, truncate);
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_graph(const at::Tensor& pos, int64_t k,
+                                             const std::optional<at::Tensor>& batch,
+                                             std::optional<double> r, bool loop) {
+  const char* op = "knn_graph";
+  auto p = check_positions(op, pos);
+  TORCH_CHECK_VALUE(k > 0, op, ": k must be positive and finite, got ", k);
+  if (r.has_value()) check_positive(op, "r", *r);
+  auto ptr = graph_ptr(op, batch, p.size(0));
+  return cpu::knn_graph_kernel(p, k, ptr, r.has_value(), r.value_or(0.0), loop);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplets(
+    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs) {
+  const char* op = "triplets";
+  TORCH_CHECK_VALUE(num_nodes >= 0, op, ": num_nodes must be a non-negative int, got ", num_nodes);
+  auto ei = check_index(op, "edge_index", edge_index, 2);
+  TORCH_CHECK_VALUE(ei.size(0) == 2, op, ": edge_index must have shape [2, E], got ", ei.sizes());
+  check_range(op, "edge_index", ei, num_nodes);
+  check_non_decreasing(op, "edge_index", ei[1],
+                       "sorted by target (edge_index[1] non-decreasing); sort it, e.g. with "
+                       "torch_geometric.utils.sort_edge_index(edge_index, sort_by_row=False)");
+  return cpu::triplets_kernel(ei, num_nodes, include_self_pairs);
+}
+
+at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
+                              const at::Tensor& ptr) {
+  const char* op = "segment_gather_mul";
+  check_float(op, "a", a, 2);
+  check_float(op, "b", b, 2);
+  check_same_dtype(op, "b", b, "a", a);
+  auto s = check_index(op, "src", src, 1);
+  check_features(op, "b", b, "a", a);
+  check_rows(op, "src", s, b.size(0), "the number of rows of b");
+  auto p = check_csr(op, "ptr", ptr, b.size(0));
+  check_range(op, "src", s, a.size(0));
+  return cpu::segment_gather_mul_kernel(a.contiguous(), s, b.contiguous(), p);
+}
+
+std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor& grad_out,
+                                                               const at::Tensor& a,
+                                                               const at::Tensor& src,
+                                                               const at::Tensor& b,
+                                                               const at::Tensor& ptr, bool need_a,
+                                                               bool need_b) {
+  // Called by autograd with the forward's (already checked) inputs.
+  const char* op = "segment_gather_mul_backward";
+  check_float(op, "grad_out", grad_out, 2);
+  TORCH_CHECK_VALUE(grad_out.size(0) == ptr.numel() - 1 && grad_out.size(1) == a.size(1), op,
+                    ": grad_out has shape ", grad_out.sizes(), ", expected [", ptr.numel() - 1, ", ",
+                    a.size(1), "]");
+  return cpu::segment_gather_mul_backward_kernel(grad_out.to(a.scalar_type()).contiguous(),
+                                                 a.contiguous(), src.to(at::kLong).contiguous(),
+                                                 b.contiguous(), ptr.to(at::kLong).contiguous(),
+                                                 need_a, need_b);
+}
+
+at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src) {
+  const char* op = "fused_edge_message";
+  check_float(op, "p", p, 2);
+  check_float(op, "q", q, 2);
+  check_float(op, "r", r, 2);
+  check_float(op, "s", s, 2);
+  check_same_dtype(op, "q", q, "p", p);
+  check_same_dtype(op, "r", r, "p", p);
+  check_same_dtype(op, "s", s, "p", p);
+  auto sr = check_index(op, "src", src, 1);
+  check_features(op, "q", q, "p", p);
+  check_features(op, "r", r, "p", p);
+  check_features(op, "s", s, "p", p);
+  check_rows(op, "s", s, r.size(0), "the number of rows of r (edges)");
+  check_rows(op, "src", sr, r.size(0), "the number of rows of r (edges)");
+  auto pt = check_csr(op, "ptr", ptr, r.size(0));
+  check_rows(op, "p", p, pt.numel() - 1, "the number of targets (len(ptr) - 1)");
+  check_range(op, "src", sr, q.size(0));
+  return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
+                                        pt, sr);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
+    const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src, std::array<bool, 4> output_mask) {
+  const char* op = "fused_edge_message_backward";
+  check_float(op, "grad_out", grad_out, 2);
+  TORCH_CHECK_VALUE(grad_out.sizes() == p.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
+                    ", expected ", p.sizes());
+  return cpu::fused_edge_message_backward_kernel(
+      grad_out.to(p.scalar_type()).contiguous(), p.contiguous(), q.contiguous(), r.contiguous(),
+      s.contiguous(), ptr.to(at::kLong).contiguous(), src.to(at::kLong).contiguous(), output_mask);
+}
+
+namespace {
+
+void check_distances(const char* op, const at::Tensor& dist, double cutoff, int64_t envelope_exponent) {
+  check_positive(op, "cutoff", cutoff);
+  TORCH_CHECK_VALUE(envelope_exponent > 0, op, ": envelope_exponent must be positive and finite, got ",
+                    envelope_exponent);
+  check_finite(op, "dist", dist);
+  TORCH_CHECK_VALUE(dist.numel() == 0 || dist.min().item<double>() >= 0, op,
+                    ": dist contains negative distances");
+}
+
+}  // namespace
+
+at::Tensor bessel_basis(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
+                        int64_t envelope_exponent) {
+  const char* op = "bessel_basis";
+  check_float(op, "dist", dist, 1);
+  check_float(op, "freq", freq, 1);
+  check_same_dtype(op, "freq", freq, "dist", dist);
+  check_distances(op, dist, cutoff, envelope_exponent);
+  return cpu::bessel_basis_kernel(dist.contiguous(), freq.contiguous(), cutoff, envelope_exponent);
+}
+
+std::tuple<at::Tensor, at::Tensor> bessel_basis_backward(const at::Tensor& grad_out,
+                                                         const at::Tensor& dist,
+                                                         const at::Tensor& freq, double cutoff,
+                                                         int64_t envelope_exponent, bool need_dist,
+                                                         bool need_freq) {
+  const char* op = "bessel_basis_backward";
+  check_float(op, "grad_out", grad_out, 2);
+  TORCH_CHECK_VALUE(grad_out.size(0) == dist.numel() && grad_out.size(1) == freq.numel(), op,
+                    ": grad_out has shape ", grad_out.sizes(), ", expected [", dist.numel(), ", ",
+                    freq.numel(), "]");
+  return cpu::bessel_basis_backward_kernel(grad_out.to(dist.scalar_type()).contiguous(),
+                                           dist.contiguous(), freq.contiguous(), cutoff,
+                                           envelope_exponent, need_dist, need_freq);
+}
+
+at::Tensor spherical_basis(const at::Tensor& dist, const at::Tensor& angle, const at::Tensor& zeros,
+                           double cutoff, int64_t envelope_exponent) {
+  const char* op = "spherical_basis";
+  check_float(op, "dist", dist, 1);
+  check_float(op, "angle", angle, 1);
+  check_float(op, "zeros", zeros, 2);
+  check_same_dtype(op, "angle", angle, "dist", dist);
+  check_rows(op, "angle", angle, dist.size(0), "the length of dist");
+  check_distances(op, dist, cutoff, envelope_exponent);
+  check_finite(op, "angle", angle);
+  return cpu::spherical_basis_kernel(dist.contiguous(), angle.contiguous(), zeros, cutoff,
+                                     envelope_exponent);
+}
+
+std::tuple<at::Tensor, at::Tensor> spherical_basis_backward(const at::Tensor& grad_out,
+                                                            const at::Tensor& dist,
+                                                            const at::Tensor& angle,
+                                                            const at::Tensor& zeros, double cutoff,
+                                                            int64_t envelope_exponent,
+                                                            bool need_dist, bool need_angle) {
+  const char* op = "spherical_basis_backward";
+  check_float(op, "grad_out", grad_out, 2);
+  TORCH_CHECK_VALUE(grad_out.size(0) == dist.numel() &&
+                        grad_out.size(1) == zeros.size(0) * zeros.size(1),
+                    op, ": grad_out has shape ", grad_out.sizes(), ", expected [", dist.numel(), ", ",
+                    zeros.size(0) * zeros.size(1), "]");
+  return cpu::spherical_basis_backward_kernel(grad_out.to(dist.scalar_type()).contiguous(),
+                                              dist.contiguous(), angle.contiguous(), zeros, cutoff,
+                                              envelope_exponent, need_dist, need_angle);
+}
+
+}  // namespace pamnet_fast

@@ -1,0 +1,16 @@
+"""PAMNet models on the fused ops: layers, bases, fusion, heads and the authors'-checkpoint loader."""
+from .basis import BesselBasis, SphericalBasis
+from .global_mp import MLP, GlobalMessagePassing, Res
+from .local_mp import LocalMessagePassing, LocalMessagePassingS
+from .fusion import AttentionFusion, graph_mean, graph_sum, readout, signed_sum
+from .pamnet import Graphs, PAMNet, PAMNetConfig, PAMNetS, PAMNetState, build_graphs, sort_edges
+from .heads import DipoleHead, ProteinLigandHead, complex_batch
+from .compat import load_reference_state_dict, reference_key_map, to_reference_state_dict
+
+__all__ = [
+    "BesselBasis", "SphericalBasis", "MLP", "Res", "GlobalMessagePassing", "LocalMessagePassing",
+    "LocalMessagePassingS", "AttentionFusion", "graph_sum", "graph_mean", "readout", "signed_sum",
+    "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges",
+    "DipoleHead", "ProteinLigandHead", "complex_batch", "load_reference_state_dict",
+    "reference_key_map", "to_reference_state_dict",
+]

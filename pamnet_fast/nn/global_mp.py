@@ -1,0 +1,127 @@
+r"""Building blocks (MLP, residual block, update/output block) and the global message passing layer.
+
+Parameter names follow the authors' PAMNet code (``mlp_x1.0.0.weight``, ``res1.mlp.1.0.bias``, ``W``,
+...), so their state dicts load with a near-identity name map (:mod:`pamnet_fast.nn.compat`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+
+
+def MLP(channels: Sequence[int]) -> nn.Sequential:
+    """``[Linear(c0, c1), SiLU, Linear(c1, c2), SiLU, ...]`` as nested ``Sequential(Linear, SiLU)``."""
+    return nn.Sequential(*[nn.Sequential(nn.Linear(channels[i - 1], channels[i]), nn.SiLU())
+                           for i in range(1, len(channels))])
+
+
+def reset_mlp(mlp: nn.Module):
+    for m in mlp.modules():
+        if isinstance(m, nn.Linear):
+            m.reset_parameters()
+
+
+def glorot_(t: Tensor):
+    a = math.sqrt(6.0 / (t.size(-2) + t.size(-1)))
+    with torch.no_grad():
+        t.uniform_(-a, a)
+
+
+class Res(nn.Module):
+    r"""Residual block :math:`x + \mathrm{SiLU}(W_2\,\mathrm{SiLU}(W_1 x + b_1) + b_2)`. ``[N, F] -> [N, F]``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = MLP([dim, dim, dim])
+
+    def reset_parameters(self):
+        reset_mlp(self.mlp)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mlp(x) + x
+
+
+def split_message_weight(lin: nn.Linear, dim: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Blocks of a ``Linear(3F, F)`` applied to ``[x_i || x_j || e_ij]``: (W_i, W_j, W_e), each ``[F, F]``."""
+    w = lin.weight
+    return w[:, :dim], w[:, dim:2 * dim], w[:, 2 * dim:]
+
+
+class PlexLayer(nn.Module):
+    r"""Shared part of the global and local layers: the update block and the output head.
+
+    Update (the paper's skip connection): :math:`x' = \mathrm{Res}_3(\mathrm{Res}_2(\mathrm{Res}_1(
+    \mathrm{MLP}_{x2}(h)) + x))` where :math:`h` is the message-updated embedding. Output head:
+    :math:`z = \mathrm{MLP}_{out}(x')` (three Linear+SiLU), node output :math:`o = W_{out} z + b`
+    ``[N, out_dim]`` and attention score :math:`s = z W` ``[N, 1]``.
+    """
+
+    def __init__(self, dim: int, out_dim: int = 1):
+        super().__init__()
+        self.dim, self.out_dim = dim, out_dim
+        self.mlp_x1 = MLP([dim, dim])
+        self.mlp_x2 = MLP([dim, dim])
+        self.res1 = Res(dim)
+        self.res2 = Res(dim)
+        self.res3 = Res(dim)
+        self.mlp_out = MLP([dim, dim, dim, dim])
+        self.W_out = nn.Linear(dim, out_dim)
+        self.W = nn.Parameter(torch.empty(dim, 1))
+
+    def reset_parameters(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        glorot_(self.W)
+
+    def update_and_output(self, h: Tensor, res_x: Tensor):
+        """``h``: message-updated ``[N, F]``; returns ``(x' [N, F], out [N, out_dim], score [N, 1],
+        z [N, F])``."""
+        x = self.res1(self.mlp_x2(h)) + res_x
+        x = self.res3(self.res2(x))
+        z = self.mlp_out(x)
+        return x, self.W_out(z), z @ self.W, z
+
+
+class GlobalMessagePassing(PlexLayer):
+    r"""Global plex layer (non-local interactions within the global cutoff).
+
+    .. math::
+        h_i = \phi_{x1}(x_i), \qquad
+        m_i = \sum_{j \in \mathcal N_g(i)} \mathrm{SiLU}\big(W_m [h_i \,\|\, h_j \,\|\, e_{ij}] + b_m\big)
+              \odot W_e e_{ij}, \qquad
+        x'_i = \mathrm{Update}(h_i + m_i, x_i)
+
+    with :math:`e_{ij}` the shared projection of the global radial basis. The concat Linear is
+    factored exactly as :math:`W_m[h_i\|h_j\|e] = W_i h_i + W_j h_j + W_{e'} e`: node projections
+    ``p = W_i h + b``, ``q = W_j h`` (``[N, F]``) and the edge term ``r = W_{e'} e`` (``[E, F]``) go to
+    :func:`pamnet_fast.ops.fused_edge_message`, which never builds the ``[E, 3F]`` concat nor the
+    activation.
+
+    Shapes: ``x [N, F]``, ``edge_attr [E, F]``, ``src [E]`` (source of each target-sorted edge),
+    ``ptr [N + 1]``. Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
+    """
+
+    def __init__(self, dim: int, out_dim: int = 1):
+        super().__init__(dim, out_dim)
+        self.mlp_m = MLP([3 * dim, dim])
+        self.W_edge_attr = nn.Linear(dim, dim, bias=False)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor):
+        res_x = x
+        h = self.mlp_x1(x)
+        lin = self.mlp_m[0][0]
+        w_i, w_j, w_e = split_message_weight(lin, self.dim)
+        p = F.linear(h, w_i, lin.bias)
+        q = F.linear(h, w_j)
+        r = F.linear(edge_attr, w_e)
+        s = self.W_edge_attr(edge_attr)
+        h = h + ops.fused_edge_message(p, q, r, s, ptr, src)
+        return self.update_and_output(h, res_x)

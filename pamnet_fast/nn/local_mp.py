@@ -1,0 +1,106 @@
+r"""Local plex layers: PAMNet's (one-hop and two-hop angles) and PAMNet-s's (one-hop angles only)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops import Triplets
+from .global_mp import MLP, PlexLayer, split_message_weight
+
+
+def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, dim: int) -> Tensor:
+    r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b)`` ``[E, F]``, from node projections (no ``[E, 3F]``
+    concat)."""
+    w_i, w_j, w_e = split_message_weight(lin, dim)
+    p = F.linear(h, w_i, lin.bias)
+    q = F.linear(h, w_j)
+    return F.silu(p.index_select(0, dst) + q.index_select(0, src) + F.linear(edge_attr, w_e))
+
+
+def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
+              src: Tensor, ptr: Tensor, edge_ids: Tensor, dim: int) -> Tensor:
+    r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused."""
+    w_i, w_j, w_e = split_message_weight(lin_ji, dim)
+    p = F.linear(h, w_i, lin_ji.bias)
+    q = F.linear(h, w_j)
+    out = ops.fused_edge_message(p, q, F.linear(edge_attr, w_e), gate, ptr, src)
+    return out + ops.segment_gather_mul(m_other, edge_ids, gate, ptr)
+
+
+class LocalMessagePassing(PlexLayer):
+    r"""Local plex layer of PAMNet: edge messages updated from two-hop and one-hop angle terms.
+
+    .. math::
+        h_i &= \phi_{x1}(x_i), \qquad u = [h_i \,\|\, h_j \,\|\, e_{ji}] \\
+        m_{ji} &= \phi_{ji}(u) + \sum_{k \in \mathcal N(j) \setminus \{i\}} \phi_{kj}(u_{kj}) \odot W_{rbf}
+                 e_{kj} \odot \phi_{sbf}(a^{(2)}_{kj,ji})
+                 + \sum_{j' \in \mathcal N(i) \setminus \{j\}} \phi_{kj}(u_{j'i}) \odot W_{rbf} e_{j'i}
+                 \odot \phi_{sbf}(a^{(1)}_{j'i,ji}) \\
+        x'_i &= \mathrm{Update}\Big(h_i + \sum_{j \in \mathcal N_l(i)} W_{rbf,out}\, e_{ji} \odot m_{ji},\ x_i\Big)
+
+    :math:`e` is the shared projection of the local radial basis, :math:`a^{(2)}, a^{(1)}` the shared
+    projections of the two-hop and one-hop spherical bases (their distance is that of the sending
+    edge). ``reference_compat`` graphs also pair each edge with itself in the one-hop sum. The two
+    triplet sums are :func:`pamnet_fast.ops.segment_gather_mul` over the triplet CSR, the edge ->
+    node sum is :func:`~pamnet_fast.ops.fused_edge_message` (the :math:`\phi_{ji}` part) plus a
+    ``segment_gather_mul`` (the angle part).
+
+    Shapes: ``x [N, F]``, ``rbf [E, F]``, ``sbf2 [T2, F]``, ``sbf1 [T1, F]``, ``edge_index [2, E]``
+    target-sorted with ``ptr [N + 1]``, ``trip`` from :func:`pamnet_fast.ops.triplets`, ``edge_ids``
+    ``= arange(E)``. Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
+    """
+
+    def __init__(self, dim: int, out_dim: int = 1):
+        super().__init__(dim, out_dim)
+        self.mlp_m_ji = MLP([3 * dim, dim])
+        self.mlp_m_kj = MLP([3 * dim, dim])
+        self.mlp_sbf = MLP([dim, dim, dim])
+        self.lin_rbf = nn.Linear(dim, dim, bias=False)
+        self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
+                ptr: Tensor, trip: Triplets, edge_ids: Tensor):
+        src, dst = edge_index[0], edge_index[1]
+        res_x = x
+        h = self.mlp_x1(x)
+        m_nb = _edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, self.mlp_sbf(sbf2), trip.two_hop_ptr)
+        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, self.mlp_sbf(sbf1),
+                                                   trip.one_hop_ptr)
+        gate = self.lin_rbf_out(rbf)
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
+        return self.update_and_output(h, res_x)
+
+
+class LocalMessagePassingS(PlexLayer):
+    r"""Local plex layer of PAMNet-s: like :class:`LocalMessagePassing` with the one-hop angle term only.
+
+    .. math::
+        m_{ji} = \phi_{ji}(u) + \sum_{j' \in \mathcal N(i) \setminus \{j\}} \phi_{jj}(u_{j'i}) \odot
+                 W_{rbf} e_{j'i} \odot \phi_{sbf}(a_{j'i,ji}), \qquad
+        x'_i = \mathrm{Update}\Big(h_i + \sum_j W_{rbf,out}\, e_{ji} \odot m_{ji},\ x_i\Big)
+
+    Shapes as in :class:`LocalMessagePassing` with ``sbf [T1, F]``.
+    """
+
+    def __init__(self, dim: int, out_dim: int = 1):
+        super().__init__(dim, out_dim)
+        self.mlp_m_ji = MLP([3 * dim, dim])
+        self.mlp_m_jj = MLP([3 * dim, dim])
+        self.mlp_sbf = MLP([dim, dim, dim])
+        self.lin_rbf = nn.Linear(dim, dim, bias=False)
+        self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
+        self.reset_parameters()
+
+    def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
+                trip: Triplets, edge_ids: Tensor):
+        src, dst = edge_index[0], edge_index[1]
+        res_x = x
+        h = self.mlp_x1(x)
+        m_nb = _edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, self.mlp_sbf(sbf), trip.one_hop_ptr)
+        gate = self.lin_rbf_out(rbf)
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
+        return self.update_and_output(h, res_x)

@@ -1,0 +1,318 @@
+r"""PAMNet and PAMNet-s (Zhang et al., Sci. Rep. 2023) on the fused ops.
+
+A molecule is a two-plex graph: the *local* plex (chemical bonds, or a short radius) carries
+angle-aware messages, the *global* plex (a longer radius, optionally kNN-capped) carries distance-only
+messages. Layer :math:`t` runs the global then the local layer on the node embeddings; each layer emits
+a node output and an attention score, fused over plexes by :class:`~.fusion.AttentionFusion` and
+summed over layers, then pooled per graph.
+
+Hot-path structure (per forward): graphs, triplets, angles and distances are computed once; the basis
+functions and their projections (``mlp_rbf_g``, ``mlp_rbf_l``, ``mlp_sbf1/2``) once, shared by all
+layers; message passing uses :func:`pamnet_fast.ops.fused_edge_message` and
+:func:`pamnet_fast.ops.segment_gather_mul`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops.reference import pair_distance
+from .basis import BesselBasis, SphericalBasis
+from .fusion import AttentionFusion, readout
+from .global_mp import MLP, GlobalMessagePassing
+from .local_mp import LocalMessagePassing, LocalMessagePassingS
+
+
+@dataclass
+class PAMNetConfig:
+    """Hyper-parameters of PAMNet / PAMNet-s. Presets: :meth:`qm9`, :meth:`rna`, :meth:`pdbbind`.
+
+    ``local_graph``: ``"bonds"`` (``data.edge_index``) or ``"radius"`` (``cutoff_l``). ``global_graph``:
+    ``"radius"`` (``cutoff_g``) or ``"knn"`` (``knn_k`` nearest within ``cutoff_g``). ``atom_types``:
+    atomic numbers of the embedding rows (``z`` is mapped to rows); ``in_features``: use ``data.x``
+    ``[N, in_features]`` through a bias-free Linear instead. ``target="mu"`` adds the equivariant
+    dipole head (the model then outputs :math:`|\\mu|`). ``reference_compat``: reproduce the authors'
+    code where it differs from the paper (see :mod:`pamnet_fast.nn.basis` and :func:`build_graphs`).
+    """
+    dim: int = 128
+    n_layer: int = 6
+    cutoff_l: float = 5.0
+    cutoff_g: float = 5.0
+    local_graph: str = "bonds"
+    global_graph: str = "radius"
+    knn_k: int = 50
+    num_radial: int = 16
+    num_spherical: int = 7
+    num_spherical_radial: int = 6
+    envelope_exponent: int = 5
+    atom_types: Tuple[int, ...] = (1, 6, 7, 8, 9)
+    in_features: Optional[int] = None
+    out_dim: int = 1
+    readout: str = "sum"
+    target: Optional[str] = None
+    dipole_charges: bool = True
+    reference_compat: bool = False
+    max_num_neighbors: Optional[int] = None
+
+    @classmethod
+    def qm9(cls, **kw) -> "PAMNetConfig":
+        """dim 128, 6 layers, local = bonds (basis scale 5 Å), global = 5 Å radius, sum readout."""
+        return replace(cls(dim=128, n_layer=6, cutoff_l=5.0, cutoff_g=5.0, local_graph="bonds",
+                           global_graph="radius", atom_types=(1, 6, 7, 8, 9), readout="sum"), **kw)
+
+    @classmethod
+    def rna(cls, knn: bool = True, **kw) -> "PAMNetConfig":
+        """dim 16, 1 layer, local 2.6 Å, global 20 Å (kNN-50 capped unless ``knn=False``), mean readout.
+        Embedding rows C, N, O, P, H (the authors' RNA-Puzzles labels 0/1/2 are C/N/O)."""
+        return replace(cls(dim=16, n_layer=1, cutoff_l=2.6, cutoff_g=20.0, local_graph="radius",
+                           global_graph="knn" if knn else "radius", knn_k=50,
+                           atom_types=(6, 7, 8, 15, 1), readout="mean"), **kw)
+
+    @classmethod
+    def pdbbind(cls, **kw) -> "PAMNetConfig":
+        """dim 128, 3 layers, local 2 Å, global 6 Å, 18 input features, sum readout."""
+        return replace(cls(dim=128, n_layer=3, cutoff_l=2.0, cutoff_g=6.0, local_graph="radius",
+                           global_graph="radius", in_features=18, readout="sum"), **kw)
+
+
+class Graphs(NamedTuple):
+    """The two plexes of a batch, edges target-sorted with CSR pointers, and the local triplets."""
+    edge_index_g: Tensor  # [2, Eg]
+    ptr_g: Tensor         # [N + 1]
+    dist_g: Tensor        # [Eg]
+    edge_index_l: Tensor  # [2, El]
+    ptr_l: Tensor         # [N + 1]
+    dist_l: Tensor        # [El]
+    trip: ops.Triplets
+    edge_ids_l: Tensor    # arange(El)
+
+
+def _ptr(dst: Tensor, num_nodes: int) -> Tensor:
+    counts = torch.bincount(dst, minlength=num_nodes)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def sort_edges(edge_index: Tensor, num_nodes: int, remove_self_loops: bool = True
+               ) -> Tuple[Tensor, Tensor]:
+    """Sort ``edge_index [2, E]`` by target then source (self-loops dropped); returns it and ``ptr``."""
+    edge_index = edge_index.long()
+    if remove_self_loops:
+        edge_index = edge_index[:, edge_index[0] != edge_index[1]]
+    key = edge_index[1] * num_nodes + edge_index[0]
+    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
+        edge_index = edge_index[:, torch.argsort(key)]
+    return edge_index, _ptr(edge_index[1], num_nodes)
+
+
+def _dist(pos: Tensor, edge_index: Tensor) -> Tensor:
+    return pair_distance(pos[edge_index[1]], pos[edge_index[0]])
+
+
+def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
+                 bonds: Optional[Tensor] = None) -> Graphs:
+    """Both plexes and the local triplets, per graph of ``batch`` (graphs never interact).
+
+    Default: global = ``radius_graph(cutoff_g)`` or ``knn_graph(knn_k, r=cutoff_g)`` (messages into i
+    from its k nearest); local = bonds or ``radius_graph(cutoff_l)``; triplets without self pairs.
+    ``reference_compat``: the kNN plexes are the authors' ``knn(pos, pos, k)`` read as ``j -> i`` with
+    ``j`` the query (the transposed kNN graph, self counted among the k), cut at ``cutoff_g`` /
+    ``cutoff_l``; one-hop triplets include each edge paired with itself.
+    """
+    n = pos.size(0)
+    compat = cfg.reference_compat
+    mnn = cfg.max_num_neighbors
+    if cfg.global_graph == "knn" and compat:
+        knn = ops.knn_graph(pos, cfg.knn_k, batch, loop=True)
+        knn, _ = sort_edges(knn.flip(0), n)
+        d = _dist(pos, knn)
+        ei_g, _ = sort_edges(knn[:, d <= cfg.cutoff_g], n, remove_self_loops=False)
+        ptr_g = _ptr(ei_g[1], n)
+    elif cfg.global_graph == "knn":
+        ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
+    elif cfg.global_graph == "radius":
+        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True)
+    else:
+        raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
+    dist_g = _dist(pos, ei_g)
+
+    if cfg.local_graph == "bonds":
+        if bonds is None:
+            raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
+        ei_l, ptr_l = sort_edges(bonds, n)
+    elif cfg.local_graph == "radius" and compat and cfg.global_graph == "knn":
+        keep = dist_g <= cfg.cutoff_l  # the authors cut the local plex out of the same kNN list
+        ei_l = ei_g[:, keep]
+        ptr_l = _ptr(ei_l[1], n)
+    elif cfg.local_graph == "radius":
+        ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn, return_ptr=True)
+    else:
+        raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
+    dist_l = _dist(pos, ei_l)
+    trip = ops.triplets(ei_l, n, include_self_pairs=compat)
+    edge_ids = torch.arange(ei_l.size(1), device=pos.device)
+    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids)
+
+
+class PAMNetState(NamedTuple):
+    """Everything a head needs after the message passing."""
+    node_out: Tensor      # [N, out_dim] fused node outputs (summed over layers)
+    alpha: Tensor         # [T, N, 2] attention weights (global, local)
+    z_g: List[Tensor]     # per layer [N, F]: output-head features of the global plex
+    z_l: List[Tensor]     # per layer [N, F]: same, local plex
+    rbf_g: Tensor         # [Eg, F] shared global edge embedding
+    rbf_l: Tensor         # [El, F] shared local edge embedding
+    graphs: Graphs
+    pos: Tensor           # [N, 3]
+    batch: Tensor         # [N]
+    num_graphs: int
+
+
+def _batch_of(data, n: int, device) -> Tuple[Tensor, int]:
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.zeros(n, dtype=torch.long, device=device), 1
+    num_graphs = getattr(data, "num_graphs", None)
+    if not isinstance(num_graphs, int):
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    return batch.long(), num_graphs
+
+
+class _PAMNetBase(nn.Module):
+    local_cls = LocalMessagePassing
+
+    def __init__(self, config: Optional[PAMNetConfig] = None, **kw):
+        super().__init__()
+        cfg = replace(config or PAMNetConfig(), **kw)
+        self.config = cfg
+        self.dim = d = cfg.dim
+        compat = cfg.reference_compat
+        if cfg.in_features:
+            self.init_linear = nn.Linear(cfg.in_features, d, bias=False)
+        else:
+            self.embeddings = nn.Parameter(torch.empty(len(cfg.atom_types), d))
+            index = torch.full((max(cfg.atom_types) + 1,), -1, dtype=torch.long)
+            index[torch.tensor(cfg.atom_types)] = torch.arange(len(cfg.atom_types))
+            self.register_buffer("atom_index", index, persistent=False)
+        self.rbf_g = BesselBasis(cfg.num_radial, cfg.cutoff_g, cfg.envelope_exponent, compat)
+        self.rbf_l = BesselBasis(cfg.num_radial, cfg.cutoff_l, cfg.envelope_exponent, compat)
+        self.sbf = SphericalBasis(cfg.num_spherical, cfg.num_spherical_radial, cfg.cutoff_l,
+                                  cfg.envelope_exponent, compat)
+        n_sbf = cfg.num_spherical * cfg.num_spherical_radial
+        self.mlp_rbf_g = MLP([cfg.num_radial, d])
+        self.mlp_rbf_l = MLP([cfg.num_radial, d])
+        self._make_sbf_mlps(n_sbf, d)
+        self.global_layer = nn.ModuleList([GlobalMessagePassing(d, cfg.out_dim) for _ in range(cfg.n_layer)])
+        self.local_layer = nn.ModuleList([self.local_cls(d, cfg.out_dim) for _ in range(cfg.n_layer)])
+        self.fusion = AttentionFusion(0.2)
+        self.dipole_head = None
+        if cfg.target == "mu":
+            from .heads import DipoleHead
+            self.dipole_head = DipoleHead(d, charges=cfg.dipole_charges)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """Linear layers: PyTorch defaults; embeddings U(-sqrt 3, sqrt 3); W glorot; freq n pi."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if hasattr(self, "embeddings"):
+            with torch.no_grad():
+                self.embeddings.uniform_(-math.sqrt(3), math.sqrt(3))
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def embed(self, data) -> Tensor:
+        """Initial node embeddings ``[N, F]`` from ``data.z`` (atomic numbers), an integer ``data.x``
+        (embedding rows) or float ``data.x [N, in_features]``."""
+        if self.config.in_features:
+            return self.init_linear(data.x.to(self.init_linear.weight.dtype))
+        z = getattr(data, "z", None)
+        rows = self.atom_index[z.long()] if z is not None else data.x.view(-1).long()
+        return self.embeddings.index_select(0, rows)
+
+    def build_graphs(self, data) -> Graphs:
+        return build_graphs(self.config, data.pos, getattr(data, "batch", None),
+                            getattr(data, "edge_index", None))
+
+    # -- model --------------------------------------------------------------------------------
+    def encode(self, data, graphs: Optional[Graphs] = None) -> PAMNetState:
+        """Message passing and fusion; ``graphs`` may be passed in (e.g. precomputed)."""
+        pos = data.pos
+        x = self.embed(data)
+        batch, num_graphs = _batch_of(data, x.size(0), x.device)
+        g = graphs if graphs is not None else self.build_graphs(data)
+        rbf_g = self.mlp_rbf_g(self.rbf_g(g.dist_g))
+        rbf_l = self.mlp_rbf_l(self.rbf_l(g.dist_l))
+        sbf = self._sbf(pos, g)
+        outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
+        src_g = g.edge_index_g[0]
+        for glob, loc in zip(self.global_layer, self.local_layer):
+            x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g)
+            outs_g.append(o), atts_g.append(a), z_g.append(z)
+            x, o, a, z = self._local(loc, x, rbf_l, sbf, g)
+            outs_l.append(o), atts_l.append(a), z_l.append(z)
+        node_out, alpha = self.fusion(outs_g, outs_l, atts_g, atts_l)
+        return PAMNetState(node_out, alpha, z_g, z_l, rbf_g, rbf_l, g, pos, batch, num_graphs)
+
+    def forward(self, data) -> Tensor:
+        """``data``: PyG ``Data``/``Batch`` with ``pos [N, 3]``, ``z [N]`` or ``x``, ``batch [N]``
+        (optional), ``edge_index`` (bonds, when ``local_graph='bonds'``). Returns
+        ``[num_graphs, out_dim]`` (``[num_graphs, 1]`` = :math:`|\\mu|` with the dipole head)."""
+        state = self.encode(data)
+        if self.dipole_head is not None:
+            return torch.linalg.vector_norm(self.dipole_head(state), dim=-1, keepdim=True)
+        return readout(state.node_out, state.batch, state.num_graphs, self.config.readout)
+
+    def dipole(self, data) -> Tensor:
+        """The dipole vector ``[num_graphs, 3]`` (needs ``target='mu'``)."""
+        if self.dipole_head is None:
+            raise RuntimeError("this model has no dipole head; build it with target='mu'")
+        return self.dipole_head(self.encode(data))
+
+    def load_reference_state_dict(self, state_dict, strict: bool = True):
+        """Load a state_dict saved by the authors' PAMNet code (their parameter names)."""
+        from .compat import load_reference_state_dict
+        return load_reference_state_dict(self, state_dict, strict=strict)
+
+
+class PAMNet(_PAMNetBase):
+    r"""PAMNet: global layers with distance messages, local layers with one- and two-hop angles.
+
+    .. math::
+        y_G = \mathrm{Readout}_{i \in G} \sum_{t=1}^{T} \sum_{p \in \{g, l\}} \alpha^t_{p,i}\, o^t_{p,i}
+
+    Shapes: input batch with N atoms and B graphs -> ``[B, out_dim]``. See :class:`PAMNetConfig`.
+    """
+    local_cls = LocalMessagePassing
+
+    def _make_sbf_mlps(self, n_sbf: int, d: int):
+        self.mlp_sbf1 = MLP([n_sbf, d])  # one-hop
+        self.mlp_sbf2 = MLP([n_sbf, d])  # two-hop
+
+    def _sbf(self, pos: Tensor, g: Graphs):
+        two, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
+        sbf2 = self.mlp_sbf2(self.sbf(g.dist_l[g.trip.two_hop_kj], two))
+        sbf1 = self.mlp_sbf1(self.sbf(g.dist_l[g.trip.one_hop_j2i], one))
+        return sbf2, sbf1
+
+    def _local(self, layer, x, rbf_l, sbf, g: Graphs):
+        return layer(x, rbf_l, sbf[0], sbf[1], g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l)
+
+
+class PAMNetS(_PAMNetBase):
+    r"""PAMNet-s: like :class:`PAMNet` but the local plex uses one-hop angles only (cheaper)."""
+    local_cls = LocalMessagePassingS
+
+    def _make_sbf_mlps(self, n_sbf: int, d: int):
+        self.mlp_sbf = MLP([n_sbf, d])
+
+    def _sbf(self, pos: Tensor, g: Graphs):
+        _, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
+        return self.mlp_sbf(self.sbf(g.dist_l[g.trip.one_hop_j2i], one))
+
+    def _local(self, layer, x, rbf_l, sbf, g: Graphs):
+        return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l)

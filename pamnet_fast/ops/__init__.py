@@ -1,0 +1,16 @@
+"""Fused, exact graph ops for 3D molecular GNNs, as ``torch.ops.pamnet_fast`` custom ops.
+
+Every op has a plain-PyTorch reference twin in :mod:`pamnet_fast.ops.reference`; :func:`backend` says
+which implementation serves each op on each device.
+"""
+from .library import backend, extension_error
+from .graph import knn_graph, radius_graph
+from .triplets import Triplets, triplet_angles, triplets
+from .message import fused_edge_message, segment_gather_mul
+from .basis import bessel_basis, bessel_frequencies, spherical_basis, spherical_bessel_zeros
+
+__all__ = [
+    "backend", "extension_error", "radius_graph", "knn_graph", "triplets", "Triplets", "triplet_angles",
+    "segment_gather_mul", "fused_edge_message", "bessel_basis", "bessel_frequencies", "spherical_basis",
+    "spherical_bessel_zeros",
+]

@@ -1,0 +1,71 @@
+"""Radial and spherical basis functions of DimeNet, fused forward and backward."""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import checks, reference
+from .library import _ops
+
+
+def bessel_frequencies(num_radial: int, dtype=torch.float32, device=None) -> Tensor:
+    """The initial frequencies n * pi, n = 1..num_radial (learnable in DimeNet and PAMNet)."""
+    return torch.arange(1, num_radial + 1, dtype=dtype, device=device) * math.pi
+
+
+def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent: int = 5, *,
+                 freq: Optional[Tensor] = None) -> Tensor:
+    r"""DimeNet's radial Bessel basis times the polynomial envelope, ``[E, num_radial]``:
+
+    .. math:: e_n(d) = u_p(d/c) \, \frac{\sin(f_n d / c)}{d / c}, \quad
+              u_p(x) = 1 - \tfrac{(p+1)(p+2)}{2} x^p + p(p+2) x^{p+1} - \tfrac{p(p+1)}{2} x^{p+2}
+
+    for :math:`x < 1` (0 beyond the cutoff), :math:`f_n = n\pi` unless ``freq`` (``[num_radial]``,
+    e.g. a learnable parameter) is given, and :math:`p` = ``envelope_exponent`` used as given (PyG's
+    DimeNet uses ``envelope_exponent + 1``). At :math:`d = 0` the value is the limit :math:`f_n`.
+    Differentiable w.r.t. ``dist`` and ``freq``.
+    """
+    op = "bessel_basis"
+    checks.floating(op, "dist", dist, dim=1)
+    if freq is None:
+        checks.positive(op, "num_radial", num_radial, integer=True)
+        freq = bessel_frequencies(num_radial, dist.dtype, dist.device)
+    elif freq.dim() != 1 or freq.numel() != num_radial:
+        raise ValueError(f"{op}: freq must have shape [{num_radial}], got {tuple(freq.shape)}")
+    return _ops().bessel_basis(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros(num_spherical: int, num_radial: int) -> Tensor:
+    return reference.spherical_bessel_zeros(num_spherical, num_radial)
+
+
+def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> Tensor:
+    """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64."""
+    return _zeros(num_spherical, num_radial).to(device)
+
+
+def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,
+                    num_radial: int = 6, envelope_exponent: int = 5) -> Tensor:
+    r"""DimeNet's 2D spherical Fourier-Bessel basis, ``[T, num_spherical * num_radial]`` (l-major):
+
+    .. math:: a_{ln}(d, \alpha) = u_p(d/c)\, \sqrt{2}\, \frac{j_l(z_{ln} d / c)}{|j_{l+1}(z_{ln})|}
+              \, Y_l^0(\alpha)
+
+    with :math:`z_{ln}` the n-th zero of the spherical Bessel function :math:`j_l`,
+    :math:`Y_l^0(\alpha) = \sqrt{(2l+1)/4\pi}\, P_l(\cos\alpha)` and :math:`u_p` the envelope of
+    :func:`bessel_basis`. ``dist`` and ``angle`` are per triplet (gather per-edge distances with the
+    triplet's edge index first). Differentiable w.r.t. ``dist`` and ``angle``.
+    """
+    op = "spherical_basis"
+    checks.floating(op, "dist", dist, dim=1)
+    checks.floating(op, "angle", angle, dim=1)
+    checks.positive(op, "num_spherical", num_spherical, integer=True)
+    checks.positive(op, "num_radial", num_radial, integer=True)
+    zeros = spherical_bessel_zeros(num_spherical, num_radial, dist.device)
+    return _ops().spherical_basis(dist.contiguous(), angle.contiguous(), zeros, float(cutoff),
+                                  envelope_exponent)

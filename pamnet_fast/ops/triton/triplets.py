@@ -1,0 +1,114 @@
+"""Angle triplets on the GPU: per-edge COUNT, exclusive cumsum, FILL (no atomics, no sort).
+
+For each receiving edge ``e = (j -> i)`` (edges sorted by target, CSR ``node_ptr`` over targets):
+
+* two-hop: the edges ``k -> j`` into ``j = src[e]`` (the CSR segment of ``j``), except those with
+  ``k == i``. The count is the in-degree of ``j`` minus those exclusions (counted exactly, so duplicate
+  edges are handled), computed by a kernel.
+* one-hop: the edges ``j2 -> i`` into ``i = dst[e]`` (the segment of ``i``), except ``e`` itself
+  unless ``include_self_pairs``: count ``deg(i) - 1`` (or ``deg(i)``), closed form.
+
+One program handles ``BLOCK_E`` consecutive edges and walks their segments in chunks of ``BLOCK_K``
+(a ``[BLOCK_E, BLOCK_K]`` tile); FILL writes each edge's partners at its offset (exclusive cumsum of
+the counts) in segment order, so both lists come out sorted by receiving edge, then by the other edge,
+exactly as the reference, and the CSR pointers are the cumsums of the counts.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .. import validate
+from ._common import LAUNCH
+
+BLOCK_E = 32
+BLOCK_K = 32
+
+
+@triton.jit
+def _triplet_kernel(src_ptr, dst_ptr, node_ptr_ptr, count_ptr, offset_ptr, out_other_ptr, out_recv_ptr,
+                    num_edges, TWO_HOP: tl.constexpr, KEEP_SELF: tl.constexpr, FILL: tl.constexpr,
+                    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    e = pid.to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = e < num_edges
+    j = tl.load(src_ptr + e, mask=emask, other=0)
+    i = tl.load(dst_ptr + e, mask=emask, other=0)
+    if TWO_HOP:
+        node = j
+    else:
+        node = i
+    seg_start = tl.load(node_ptr_ptr + node, mask=emask, other=0)
+    seg_end = tl.load(node_ptr_ptr + node + 1, mask=emask, other=0)
+    deg = seg_end - seg_start
+    max_deg = tl.max(deg, axis=0)
+    count = tl.zeros([BLOCK_E], dtype=tl.int64)
+    if FILL:
+        base = tl.load(offset_ptr + e, mask=emask, other=0)
+    for k0 in range(0, max_deg, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        other = seg_start[:, None] + kk[None, :]
+        keep = (kk[None, :] < deg[:, None]) & emask[:, None]
+        if TWO_HOP:
+            k_src = tl.load(src_ptr + other, mask=keep, other=-1)
+            keep = keep & (k_src != i[:, None])
+        else:
+            if not KEEP_SELF:
+                keep = keep & (other != e[:, None])
+        keep64 = keep.to(tl.int64)
+        if FILL:
+            out = base[:, None] + count[:, None] + tl.cumsum(keep64, axis=1) - 1
+            tl.store(out_other_ptr + out, other, mask=keep)
+            tl.store(out_recv_ptr + out, tl.broadcast_to(e[:, None], [BLOCK_E, BLOCK_K]), mask=keep)
+        count += tl.sum(keep64, axis=1)
+    if not FILL:
+        tl.store(count_ptr + e, count, mask=emask)
+
+
+def _launch(src, dst, node_ptr, counts, two_hop: bool, keep_self: bool):
+    """FILL when ``counts`` is given (returns the two index lists), else COUNT (returns counts)."""
+    dev, num_edges = src.device, src.numel()
+    fill = counts is not None
+    if fill:
+        offsets = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum()) if num_edges else 0
+        other = torch.empty(total, dtype=torch.int64, device=dev)
+        recv = torch.empty(total, dtype=torch.int64, device=dev)
+        if total == 0:
+            return other, recv
+        count_buf = offsets
+    else:
+        count_buf = torch.zeros(num_edges, dtype=torch.int64, device=dev)
+        offsets = other = recv = count_buf
+        if num_edges == 0:
+            return count_buf
+    grid = (triton.cdiv(num_edges, BLOCK_E),)
+    _triplet_kernel[grid](src, dst, node_ptr, count_buf, offsets, other, recv, num_edges,
+                          TWO_HOP=two_hop, KEEP_SELF=keep_self, FILL=fill,
+                          BLOCK_E=BLOCK_E, BLOCK_K=BLOCK_K, **LAUNCH)
+    return (other, recv) if fill else count_buf
+
+
+def _pointer(counts: Tensor) -> Tensor:
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool):
+    """Schema kernel of ``pamnet_fast::triplets``: ``(two_hop_kj, two_hop_ji, two_hop_ptr,
+    one_hop_j2i, one_hop_ji, one_hop_ptr)``, all int64."""
+    validate.triplets(edge_index, num_nodes)
+    src = edge_index[0].to(torch.int64).contiguous()
+    dst = edge_index[1].to(torch.int64).contiguous()
+    node_ptr = _pointer(torch.bincount(dst, minlength=num_nodes))
+    deg = node_ptr[1:] - node_ptr[:-1]
+
+    two_counts = _launch(src, dst, node_ptr, None, True, False)
+    kj, ji = _launch(src, dst, node_ptr, two_counts, True, False)
+
+    one_counts = deg[dst] - (0 if include_self_pairs else 1)
+    j2i, ji1 = _launch(src, dst, node_ptr, one_counts, False, bool(include_self_pairs))
+    return kj, ji, _pointer(two_counts), j2i, ji1, _pointer(one_counts)

@@ -1,0 +1,94 @@
+"""Per-op argument validation for the Python-side implementations (reference fallback and Triton).
+
+Mirrors csrc/ops.cpp: same checks, same messages. Called with the op's schema arguments.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+from . import checks
+
+
+def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbors: int) -> None:
+    op = "radius_graph"
+    checks.positions(op, pos)
+    checks.positive(op, "r", r)
+    checks.batch_vector(op, batch, pos.size(0))
+    checks.same_device(op, pos=pos, batch=batch)
+
+
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float]) -> None:
+    op = "knn_graph"
+    checks.positions(op, pos)
+    checks.positive(op, "k", k, integer=True)
+    if r is not None:
+        checks.positive(op, "r", r)
+    checks.batch_vector(op, batch, pos.size(0))
+    checks.same_device(op, pos=pos, batch=batch)
+
+
+def triplets(edge_index: Tensor, num_nodes: int) -> None:
+    op = "triplets"
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+        raise ValueError(f"{op}: num_nodes must be a non-negative int, got {num_nodes!r}")
+    checks.target_sorted_edges(op, edge_index, num_nodes)
+
+
+def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> None:
+    op = "segment_gather_mul"
+    checks.floating(op, "a", a, dim=2)
+    checks.floating(op, "b", b, dim=2)
+    checks.same_dtype(op, a=a, b=b)
+    checks.index(op, "src", src)
+    checks.same_device(op, a=a, src=src, b=b, ptr=ptr)
+    checks.features_match(op, a=a, b=b)
+    checks.rows_match(op, "src", src, b.size(0), "the number of rows of b")
+    checks.csr_pointer(op, "ptr", ptr, b.size(0))
+    checks.index_range(op, "src", src, a.size(0))
+
+
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor) -> None:
+    op = "fused_edge_message"
+    for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
+        checks.floating(op, name, t, dim=2)
+    checks.same_dtype(op, p=p, q=q, r=r, s=s)
+    checks.index(op, "src", src)
+    checks.same_device(op, p=p, q=q, r=r, s=s, ptr=ptr, src=src)
+    checks.features_match(op, p=p, q=q, r=r, s=s)
+    checks.rows_match(op, "s", s, r.size(0), "the number of rows of r (edges)")
+    checks.rows_match(op, "src", src, r.size(0), "the number of rows of r (edges)")
+    checks.csr_pointer(op, "ptr", ptr, r.size(0))
+    checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
+    checks.index_range(op, "src", src, q.size(0))
+
+
+def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int) -> None:
+    op = "bessel_basis"
+    checks.floating(op, "dist", dist, dim=1)
+    checks.floating(op, "freq", freq, dim=1)
+    checks.same_dtype(op, dist=dist, freq=freq)
+    checks.same_device(op, dist=dist, freq=freq)
+    checks.positive(op, "cutoff", cutoff)
+    checks.positive(op, "envelope_exponent", envelope_exponent, integer=True)
+    checks.finite(op, "dist", dist)
+    if dist.numel() and float(dist.min()) < 0:
+        raise ValueError(f"{op}: dist contains negative distances")
+
+
+def spherical_basis(dist: Tensor, angle: Tensor, zeros: Tensor, cutoff: float,
+                    envelope_exponent: int) -> None:
+    op = "spherical_basis"
+    checks.floating(op, "dist", dist, dim=1)
+    checks.floating(op, "angle", angle, dim=1)
+    checks.floating(op, "zeros", zeros, dim=2)
+    checks.same_dtype(op, dist=dist, angle=angle)
+    checks.same_device(op, dist=dist, angle=angle)
+    checks.rows_match(op, "angle", angle, dist.size(0), "the length of dist")
+    checks.positive(op, "cutoff", cutoff)
+    checks.positive(op, "envelope_exponent", envelope_exponent, integer=True)
+    checks.finite(op, "dist", dist)
+    checks.finite(op, "angle", angle)
+    if dist.numel() and float(dist.min()) < 0:
+        raise ValueError(f"{op}: dist contains negative distances")

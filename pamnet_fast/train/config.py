@@ -1,0 +1,36 @@
+"""Training hyper-parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the PAMNet paper's QM9 settings (except ``standardize`` and EMA warm-up,
+    which only help short runs)."""
+    epochs: int = 900
+    batch_size: int = 32            # global batch (per-process batch = batch_size / world size)
+    eval_batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_epochs: float = 1.0      # linear warm-up
+    decay_rate: float = 0.1         # lr *= decay_rate ** (step / (decay_epochs * steps_per_epoch))
+    decay_epochs: float = 600.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    grad_clip: Optional[float] = 1000.0
+    loss: str = "l1"                # "l1" | "mse"
+    standardize: bool = True        # model predicts (y - mean_train) / std_train
+    patience: Optional[int] = 100   # early stopping on val MAE, in epochs (None: off)
+    max_time: Optional[float] = None  # seconds, counted from ``time_origin`` (see Trainer)
+    checkpoint_every: int = 1000    # steps (0: only at epoch ends and at the end)
+    seed: int = 0                   # data order (sampler) seed
+    device: str = "cpu"
+    num_workers: int = 0
+    quiet: bool = False
+    progress: Optional[bool] = None  # None: tqdm bars only when stderr is a TTY and not quiet
+    target_index: Optional[int] = None  # column of data.y to learn (None: all columns)
+    target_name: str = "target"
+    unit: str = ""
+    plots: bool = True

@@ -1,0 +1,105 @@
+"""``pamnet-fast`` CLI on a 300-molecule QM9 subset with the tiny test model."""
+import csv
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from pamnet_fast import cli
+
+pytest.importorskip("rdkit")
+if importlib.util.find_spec("qm9pack") is None:
+    pytest.skip("qm9pack is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    out = base / "run"
+    common = ["--cache-dir", str(base / "cache"), "--limit", "300"]
+    rc = cli.main(["train", "--model", "tiny", "--target", "U0", "--epochs", "10", "--batch-size", "16",
+                   "--lr", "1e-2", "--out", str(out), "--quiet", "--num-threads", "1"] + common)
+    assert rc == 0
+    return out, common
+
+
+def test_train_outputs_and_summary(run, capsys):
+    out, common = run
+    res = json.loads((out / "results.json").read_text())[0]
+    assert res["stop_reason"] == "epochs" and res["epochs"] == 10 and res["target"] == "U0"
+    assert res["unit"] == "meV" and res["test_n"] == 25  # 300 * 10831 / 130831
+    assert res["test_mae"] < 0.5 * res["test_mae_train_mean"]  # much better than predicting the mean
+    for f in ("checkpoint.pt", "model.pt", "metrics.csv", "learning_curves.png", "parity_test.png"):
+        assert (out / f).exists(), f
+
+
+def test_evaluate_matches_training_result(run, capsys):
+    out, common = run
+    assert cli.main(["evaluate", str(out)] + common) == 0
+    line = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())[0]
+    mae = float(line.split("MAE:")[1].split()[0])
+    assert mae == pytest.approx(res["test_mae"], rel=1e-5)
+    assert "meV" in line and "n=25" in line
+
+
+def test_predict_split_and_xyz(run, tmp_path, capsys):
+    out, common = run
+    assert cli.main(["predict", str(out), "--split", "val"] + common) == 0
+    rows = list(csv.DictReader(open(out / "predictions_val.csv")))
+    assert len(rows) == 23 and {"qm9_index", "smiles", "true_U0", "pred_U0"} <= set(rows[0])
+    xyz = tmp_path / "mols.xyz"
+    xyz.write_text("5\nmethane\nC 0 0 0\nH 0.63 0.63 0.63\nH -0.63 -0.63 0.63\nH -0.63 0.63 -0.63\n"
+                   "H 0.63 -0.63 -0.63\n3\nwater\nO 0 0 0\nH 0.76 0.59 0\nH -0.76 0.59 0\n")
+    assert cli.main(["predict", str(out), "--input", str(xyz), "--output", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["name"] for r in rows] == ["methane", "water"]
+    assert all(float(r["pred_U0"]) < 0 for r in rows)  # atomization energies are negative
+
+
+def test_max_time_and_resume(run, tmp_path, capsys):
+    out, common = run
+    o2 = tmp_path / "budget"
+    assert cli.main(["train", "--model", "tiny", "--max-time", "0.5s", "--batch-size", "4", "--out", str(o2),
+                     "--quiet", "--train-size", "252"] + common) == 0
+    res = json.loads((o2 / "results.json").read_text())[0]
+    assert res["stop_reason"] == "max_time" and res["test_n"] == 25
+    # resuming a finished run with the same settings is a no-op that reports the stored results
+    assert cli.main(["train", "--model", "tiny", "--epochs", "10", "--batch-size", "16", "--lr", "1e-2",
+                     "--out", str(out), "--resume"] + common) == 0
+    assert "test MAE" in capsys.readouterr().out
+
+
+def test_unknown_names_list_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--target", "energy"])
+    err = capsys.readouterr().err
+    assert "mu" in err and "U0" in err and "cv" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--model", "schnet"])
+    assert "valid models: pamnet, pamnet-s" in capsys.readouterr().err
+
+
+def test_parse_duration_and_registry():
+    assert cli.parse_duration("600") == 600 and cli.parse_duration("10m") == 600
+    assert cli.parse_duration("1.5h") == 5400 and cli.parse_duration("30s") == 30
+    with pytest.raises(ValueError, match="valid models"):
+        cli.build_model("schnet")
+    m = cli.build_model("tiny", {"hidden": 8, "out_dim": 1, "max_z": 10})
+    assert m.config.hidden == 8
+
+
+def test_data_command_reports_bond_check(run, capsys):
+    out, common = run
+    assert cli.main(["data"] + common) == 0
+    text = capsys.readouterr().out
+    assert "QM9: 300 molecules" in text and "disagree with SMILES on 0" in text

@@ -1,0 +1,469 @@
+"""Triton kernels against the reference twins.
+
+Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
+kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
+same tests run the compiled kernels on CUDA tensors.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from pamnet_fast.ops import library, reference
+    from pamnet_fast.ops import triton as tk
+
+pytestmark = pytest.mark.triton
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS = tk.KERNELS
+REF = library.REFERENCE_IMPLS
+DTYPES = (torch.float32, torch.float64)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _close(actual, expected, dtype=None):
+    """float32: 1e-5 relative; float64: 1e-12 relative (absolute floor scaled by the largest value)."""
+    expected = expected.to(actual.dtype).cpu()
+    actual = actual.cpu()
+    tol = 1e-5 if (dtype or actual.dtype) == torch.float32 else 1e-12
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale)
+
+
+def _equal(actual, expected):
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert torch.equal(actual.cpu(), expected.cpu())
+
+
+def _graphs_equal(got, want):
+    for a, b in zip(got, want):
+        _equal(a, b)
+
+
+def test_kernels_cover_every_schema():
+    assert set(KERNELS) == set(library.SCHEMAS)
+    assert all(callable(f) for f in KERNELS.values())
+
+
+# --- radius graph ---
+
+def _random_pos(n, box, dtype, seed):
+    return (torch.rand(n, 3, generator=_gen(seed), dtype=torch.float64) * box).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_radius_graph_random(dtype):
+    pos = _random_pos(120, 5.0, dtype, 0)
+    got = KERNELS["radius_graph"](pos.to(DEV), 1.3, None, False, -1, False)
+    want = reference.radius_graph(pos, 1.3)
+    assert want[0].size(1) > 200
+    _graphs_equal(got, want)
+    # a smaller radius gives a different graph (the comparison can fail)
+    smaller = KERNELS["radius_graph"](pos.to(DEV), 1.0, None, False, -1, False)[0]
+    assert smaller.size(1) < got[0].size(1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_radius_graph_batch_loop_int32(dtype):
+    pos = _random_pos(150, 4.0, dtype, 1)
+    batch = torch.tensor([0] * 40 + [2] * 1 + [3] * 79 + [7] * 30)
+    got = tk.radius_graph(pos.to(DEV), 1.5, batch.int().to(DEV), loop=True, return_ptr=True,
+                          return_dist=True)
+    want = reference.radius_graph(pos, 1.5, batch, loop=True)
+    _graphs_equal(got[:2], want)
+    _close(got[2], reference.pair_distance(pos[want[0][1]], pos[want[0][0]]))
+    # no edge crosses graphs
+    assert torch.equal(batch[got[0][0].cpu()], batch[got[0][1].cpu()])
+
+
+def test_radius_graph_edge_cases():
+    for n in (0, 1):
+        pos = torch.rand(n, 3)
+        for loop in (False, True):
+            _graphs_equal(tk.radius_graph(pos.to(DEV), 1.0, loop=loop, return_ptr=True),
+                          reference.radius_graph(pos, 1.0, loop=loop))
+    # coincident atoms, and atoms far apart (the cell grid is capped at 2^20 cells per dimension)
+    pos = torch.tensor([[0.0, 0, 0]] * 4 + [[0.5, 0, 0], [3e7, 1e7, -2e7], [3e7, 1e7, -2e7 + 0.5]],
+                       dtype=torch.float64)
+    _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 1.0, None, False, -1, False),
+                  reference.radius_graph(pos, 1.0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_radius_graph_pairs_at_exactly_r(dtype):
+    # integer grid: many pairs at distance exactly 2 (and sqrt(2), sqrt(5), ...)
+    g = torch.arange(4, dtype=dtype)
+    pos = torch.cartesian_prod(g, g, g)[::2].contiguous()
+    at_r = KERNELS["radius_graph"](pos.to(DEV), 2.0, None, False, -1, False)
+    _graphs_equal(at_r, reference.radius_graph(pos, 2.0))
+    below = float(torch.nextafter(torch.tensor(2.0, dtype=dtype), torch.tensor(0.0, dtype=dtype)))
+    just_below = KERNELS["radius_graph"](pos.to(DEV), below, None, False, -1, False)
+    _graphs_equal(just_below, reference.radius_graph(pos, below))
+    assert just_below[0].size(1) < at_r[0].size(1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_radius_graph_max_num_neighbors(dtype):
+    g = torch.arange(4, dtype=dtype)
+    pos = torch.cat([torch.cartesian_prod(g, g, g), _random_pos(20, 3.0, dtype, 2)])  # ties + random
+    batch = torch.tensor([0] * 64 + [1] * 20)
+    with pytest.raises(ValueError) as want:
+        REF["radius_graph"](pos, 1.5, batch, False, 4, False)
+    with pytest.raises(ValueError) as got:
+        KERNELS["radius_graph"](pos.to(DEV), 1.5, batch.to(DEV), False, 4, False)
+    assert str(got.value) == str(want.value)
+    assert "max_num_neighbors=4" in str(got.value)
+    for m in (0, 4, 7):
+        _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 1.5, batch.to(DEV), False, m, True),
+                      reference.radius_graph(pos, 1.5, batch, False, m, True))
+    # enough room: no error, nothing dropped
+    _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 1.5, batch.to(DEV), False, 100, False),
+                  reference.radius_graph(pos, 1.5, batch))
+
+
+def test_radius_graph_bad_input():
+    pos = torch.rand(5, 3, device=DEV)
+    with pytest.raises(ValueError):
+        KERNELS["radius_graph"](pos, -1.0, None, False, -1, False)
+    with pytest.raises(ValueError):
+        KERNELS["radius_graph"](torch.rand(5, 2, device=DEV), 1.0, None, False, -1, False)
+    with pytest.raises(ValueError):
+        KERNELS["radius_graph"](pos, 1.0, torch.tensor([1, 0, 0, 0, 0], device=DEV), False, -1, False)
+    bad = pos.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        tk.radius_graph(bad, 1.0)
+    with pytest.raises(ValueError):
+        tk.radius_graph(pos, 1.0, max_num_neighbors=-3)
+    with pytest.raises(TypeError):
+        tk.radius_graph(pos.int(), 1.0)
+
+
+# --- kNN graph ---
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_knn_graph_random(dtype):
+    pos = _random_pos(100, 5.0, dtype, 3)
+    got = KERNELS["knn_graph"](pos.to(DEV), 6, None, None, False)
+    _graphs_equal(got, reference.knn_graph(pos, 6))
+    assert got[0].size(1) == 600
+    other = KERNELS["knn_graph"](pos.to(DEV), 5, None, None, False)[0]
+    assert other.size(1) == 500
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_knn_graph_batch_radius_loop(dtype):
+    # graphs of 1, 3 (< k) and many atoms, an outlier (the search radius must grow), int32 batch
+    pos = _random_pos(90, 4.0, dtype, 4)
+    pos[60] = torch.tensor([40.0, -30.0, 25.0], dtype=dtype)
+    batch = torch.tensor([0] + [1] * 3 + [4] * 56 + [5] * 30)
+    for r, loop in ((None, True), (1.2, False)):
+        got = tk.knn_graph(pos.to(DEV), 5, batch.int().to(DEV), r=r, loop=loop, return_ptr=True)
+        _graphs_equal(got, reference.knn_graph(pos, 5, batch, r, loop))
+
+
+def test_knn_graph_ties_and_coincident():
+    g = torch.arange(4, dtype=torch.float32)
+    pos = torch.cat([torch.cartesian_prod(g, g, g), torch.zeros(3, 3)])  # many equal distances
+    for k in (1, 4, 7):
+        _graphs_equal(KERNELS["knn_graph"](pos.to(DEV), k, None, None, False),
+                      reference.knn_graph(pos, k))
+    _graphs_equal(KERNELS["knn_graph"](pos.to(DEV), 6, None, 1.0, False), reference.knn_graph(pos, 6, r=1.0))
+    for n in (0, 1):
+        _graphs_equal(tk.knn_graph(torch.rand(n, 3, device=DEV), 3, return_ptr=True),
+                      reference.knn_graph(torch.rand(n, 3), 3))
+
+
+def test_knn_graph_bad_input():
+    pos = torch.rand(5, 3, device=DEV)
+    with pytest.raises((ValueError, TypeError)):
+        KERNELS["knn_graph"](pos, 0, None, None, False)
+    with pytest.raises(ValueError):
+        KERNELS["knn_graph"](pos, 3, None, -2.0, False)
+    with pytest.raises(ValueError):
+        tk.knn_graph(pos, 3, torch.tensor([0, 0, 1], device=DEV))
+
+
+# --- triplets ---
+
+def _edges(n, box, r, seed):
+    return reference.radius_graph(_random_pos(n, box, torch.float64, seed), r)[0]
+
+
+@pytest.mark.parametrize("include_self_pairs", (False, True))
+def test_triplets_random(include_self_pairs):
+    ei = _edges(60, 4.0, 1.2, 5)
+    got = KERNELS["triplets"](ei.to(DEV), 62, include_self_pairs)  # two isolated extra nodes
+    want = REF["triplets"](ei, 62, include_self_pairs)
+    assert want[0].numel() > 100
+    _graphs_equal(got, want)
+    other = KERNELS["triplets"](ei.to(DEV), 62, not include_self_pairs)
+    assert other[3].numel() != got[3].numel()
+
+
+def test_triplets_int32_duplicates_and_empty():
+    # duplicate edges and self loops, target-sorted
+    ei = torch.tensor([[1, 2, 2, 0, 3, 0, 1, 1, 2], [0, 0, 0, 1, 1, 2, 2, 3, 3]])
+    got = tk.triplets(ei.int().to(DEV), 5, include_self_pairs=True)
+    _graphs_equal(got, reference.triplets(ei, 5, True))
+    _graphs_equal(tk.triplets(ei.to(DEV), 5), reference.triplets(ei, 5))
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    _graphs_equal(tk.triplets(empty.to(DEV), 3), reference.triplets(empty, 3))
+
+
+def test_triplets_bad_input():
+    with pytest.raises(ValueError):
+        KERNELS["triplets"](torch.tensor([[0, 1], [1, 0]], device=DEV), 2, False)  # not sorted
+    with pytest.raises(ValueError):
+        KERNELS["triplets"](torch.tensor([[0], [5]], device=DEV), 3, False)
+    with pytest.raises(ValueError):
+        KERNELS["triplets"](torch.zeros(2, 0, dtype=torch.long, device=DEV), -1, False)
+    with pytest.raises(TypeError):
+        tk.triplets(torch.zeros(2, 0, device=DEV), 3)
+
+
+# --- segment_gather_mul and fused_edge_message ---
+
+def _csr(num_rows, max_len, num_src, seed, index_dtype=torch.long):
+    gen = _gen(seed)
+    lens = torch.randint(0, max_len + 1, (num_rows,), generator=gen)
+    lens[0] = 0  # an empty segment
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    src = torch.randint(0, num_src, (int(ptr[-1]),), generator=gen)
+    return ptr.to(index_dtype), src.to(index_dtype)
+
+
+def _randn(*shape, dtype, seed):
+    return torch.randn(*shape, generator=_gen(seed), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", (torch.int32, torch.int64))
+def test_segment_gather_mul(dtype, index_dtype):
+    ptr, src = _csr(40, 9, 25, 6, index_dtype)
+    a, b = _randn(25, 12, dtype=dtype, seed=7), _randn(src.numel(), 12, dtype=dtype, seed=8)
+    got = tk.segment_gather_mul(a.to(DEV), src.to(DEV), b.to(DEV), ptr.to(DEV))
+    want = reference.segment_gather_mul(a, src.long(), b, ptr.long())
+    _close(got, want)
+    assert got[0].abs().max() == 0  # empty segment
+    g = _randn(40, 12, dtype=dtype, seed=9)
+    for need_a, need_b in ((True, True), (True, False), (False, True)):
+        got = KERNELS["segment_gather_mul_backward"](g.to(DEV), a.to(DEV), src.to(DEV), b.to(DEV),
+                                                    ptr.to(DEV), need_a, need_b)
+        want = REF["segment_gather_mul_backward"](g, a, src, b, ptr, need_a, need_b)
+        for x, y in zip(got, want):
+            assert x.shape == y.shape
+            _close(x, y)
+
+
+def test_segment_gather_mul_wide_features_and_determinism():
+    ptr, src = _csr(5, 20, 4, 10)  # few sources: long transposed segments
+    a, b = _randn(4, 150, dtype=torch.float32, seed=11), _randn(src.numel(), 150, dtype=torch.float32, seed=12)
+    _close(KERNELS["segment_gather_mul"](a.to(DEV), src.to(DEV), b.to(DEV), ptr.to(DEV)),
+           reference.segment_gather_mul(a, src, b, ptr))
+    g = _randn(5, 150, dtype=torch.float32, seed=13)
+    first = KERNELS["segment_gather_mul_backward"](g.to(DEV), a.to(DEV), src.to(DEV), b.to(DEV), ptr.to(DEV), True, False)[0]
+    second = KERNELS["segment_gather_mul_backward"](g.to(DEV), a.to(DEV), src.to(DEV), b.to(DEV), ptr.to(DEV), True, False)[0]
+    assert torch.equal(first, second)  # no atomics: bitwise reproducible
+    _close(first, REF["segment_gather_mul_backward"](g, a, src, b, ptr, True, False)[0])
+    # no rows at all
+    empty = tk.segment_gather_mul(a.to(DEV), src[:0].to(DEV), b[:0].to(DEV), torch.zeros(1, dtype=torch.long, device=DEV))
+    assert empty.shape == (0, 150)
+
+
+def test_segment_gather_mul_bad_input():
+    ptr, src = _csr(4, 3, 5, 14)
+    a, b = torch.randn(5, 8, device=DEV), torch.randn(src.numel(), 8, device=DEV)
+    src, ptr = src.to(DEV), ptr.to(DEV)
+    with pytest.raises(ValueError):
+        tk.segment_gather_mul(a, src, b, ptr[:-1])  # does not end at the number of entries
+    with pytest.raises(TypeError):
+        KERNELS["segment_gather_mul"](a, src, b.double(), ptr)
+    out_of_range = src.clone()
+    out_of_range[0] = 5
+    with pytest.raises(ValueError):
+        KERNELS["segment_gather_mul"](a, out_of_range, b, ptr)
+    with pytest.raises(ValueError):
+        KERNELS["segment_gather_mul"](a, src, b[:, :4], ptr)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", (torch.int32, torch.int64))
+def test_fused_edge_message(dtype, index_dtype):
+    ptr, src = _csr(30, 8, 20, 15, index_dtype)
+    e = src.numel()
+    p, q = _randn(30, 10, dtype=dtype, seed=16), _randn(20, 10, dtype=dtype, seed=17)
+    r, s = _randn(e, 10, dtype=dtype, seed=18) * 3, _randn(e, 10, dtype=dtype, seed=19)
+    dev = [t.to(DEV) for t in (p, q, r, s, ptr, src)]
+    _close(tk.fused_edge_message(*dev), reference.fused_edge_message(p, q, r, s, ptr.long(), src.long()))
+    g = _randn(30, 10, dtype=dtype, seed=20)
+    for mask in ([True] * 4, [False, True, False, False], [True, False, True, False],
+                 [False, False, False, True]):
+        got = KERNELS["fused_edge_message_backward"](g.to(DEV), *dev, mask)
+        want = REF["fused_edge_message_backward"](g, p, q, r, s, ptr, src, mask)
+        for x, y in zip(got, want):
+            assert x.shape == y.shape
+            _close(x, y)
+
+
+def test_fused_edge_message_bad_input():
+    ptr, src = _csr(4, 3, 5, 21)
+    e = src.numel()
+    p, q, r, s = (torch.randn(n, 6, device=DEV) for n in (4, 5, e, e))
+    ptr, src = ptr.to(DEV), src.to(DEV)
+    with pytest.raises(ValueError):
+        KERNELS["fused_edge_message"](p[:3], q, r, s, ptr, src)
+    with pytest.raises(TypeError):
+        KERNELS["fused_edge_message"](p, q, r, s.double(), ptr, src)
+    with pytest.raises(TypeError):
+        tk.fused_edge_message(p, q, r, s, ptr.float(), src)
+
+
+# --- bases ---
+
+def _distances(n, cutoff, dtype, seed):
+    d = torch.rand(n, generator=_gen(seed), dtype=torch.float64) * 1.2 * cutoff
+    d[:4] = torch.tensor([0.0, cutoff, 1.3 * cutoff, 1e-3 * cutoff], dtype=torch.float64)
+    return d.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", (1, 5))
+def test_bessel_basis(dtype, p):
+    d = _distances(150, 5.0, dtype, 22)
+    freq = (torch.arange(1, 7, dtype=torch.float64) * math.pi + torch.rand(6, generator=_gen(23), dtype=torch.float64)).to(dtype)
+    _close(KERNELS["bessel_basis"](d.to(DEV), freq.to(DEV), 5.0, p), reference.bessel_basis(d, freq, 5.0, p))
+    _close(tk.bessel_basis(d.to(DEV), 5.0, 6, p), reference.bessel_basis(d, torch.arange(1, 7, dtype=dtype) * math.pi, 5.0, p))
+    g = _randn(150, 6, dtype=dtype, seed=24)
+    # gradients against the float64 reference: its d/dx sin(fx)/x cancels for small x
+    want = REF["bessel_basis_backward"](g.double(), d.double(), freq.double(), 5.0, p, True, True)
+    for need in ((True, True), (True, False), (False, True)):
+        got = KERNELS["bessel_basis_backward"](g.to(DEV), d.to(DEV), freq.to(DEV), 5.0, p, *need)
+        for x, y, n in zip(got, want, need):
+            if n:
+                _close(x, y, dtype)
+            else:
+                assert x.numel() == 0
+
+
+def test_bessel_basis_bad_input():
+    with pytest.raises(ValueError):
+        KERNELS["bessel_basis"](torch.tensor([-1.0, 1.0], device=DEV), torch.ones(3, device=DEV), 5.0, 5)
+    with pytest.raises(TypeError):
+        KERNELS["bessel_basis"](torch.ones(2, device=DEV), torch.ones(3, dtype=torch.float64, device=DEV), 5.0, 5)
+    with pytest.raises(ValueError):
+        tk.bessel_basis(torch.ones(2, device=DEV), 5.0, 6, 5, freq=torch.ones(3, device=DEV))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_spherical_basis(dtype):
+    d = _distances(100, 5.0, dtype, 25)
+    angle = (torch.rand(100, generator=_gen(26), dtype=torch.float64) * math.pi)
+    angle[:3] = torch.tensor([0.0, math.pi, math.pi / 2])
+    angle = angle.to(dtype)
+    zeros = reference.spherical_bessel_zeros(7, 6)
+    got = tk.spherical_basis(d.to(DEV), angle.to(DEV), 5.0, 7, 6, 5)
+    _close(got, reference.spherical_basis(d, angle, zeros, 5.0, 5))
+    other = KERNELS["spherical_basis"](d.to(DEV), angle.to(DEV), zeros.to(DEV), 5.0, 3)
+    assert not torch.allclose(other.cpu(), got.cpu())
+    g = _randn(100, 42, dtype=dtype, seed=27)
+    want = REF["spherical_basis_backward"](g.double(), d.double(), angle.double(), zeros, 5.0, 5, True, True)
+    for need in ((True, True), (False, True)):
+        got = KERNELS["spherical_basis_backward"](g.to(DEV), d.to(DEV), angle.to(DEV), zeros.to(DEV), 5.0, 5, *need)
+        for x, y, n in zip(got, want, need):
+            if n:
+                _close(x, y, dtype)
+            else:
+                assert x.numel() == 0
+
+
+def test_spherical_basis_small_and_bad_input():
+    d, angle = _distances(20, 3.0, torch.float64, 28), torch.linspace(0, math.pi, 20, dtype=torch.float64)
+    zeros = reference.spherical_bessel_zeros(2, 3)
+    _close(KERNELS["spherical_basis"](d.to(DEV), angle.to(DEV), zeros.to(DEV), 3.0, 2),
+           reference.spherical_basis(d, angle, zeros, 3.0, 2))
+    assert tk.spherical_basis(d[:0].to(DEV), angle[:0].to(DEV), 3.0, 2, 3).shape == (0, 6)
+    with pytest.raises(ValueError):
+        KERNELS["spherical_basis"](d.to(DEV), angle[:5].to(DEV), zeros.to(DEV), 3.0, 5)
+    with pytest.raises(ValueError):
+        KERNELS["spherical_basis"](-d.to(DEV) - 1, angle.to(DEV), zeros.to(DEV), 3.0, 5)
+    with pytest.raises(TypeError):
+        tk.spherical_basis(d.float().to(DEV), angle.to(DEV), 3.0)
+
+
+# --- compiled code (no GPU needed): the interpreter is lenient, the compiler is not ---
+
+_COMPILE_SCRIPT = r'''
+import importlib, json, re, sys, warnings
+warnings.simplefilter("ignore")
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+mods = {m: importlib.import_module("pamnet_fast.ops.triton." + m)
+        for m in ("neighbors", "triplets", "segment", "message", "basis")}
+I = "*i64"
+def case(mod, name, fp, types, constexprs, fusion=True):
+    fn = getattr(mods[mod], name)
+    sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
+    cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
+    return f"{name}[{fp}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion}
+pair = dict(tgt_ptr=I, tile_start_ptr=I, tile_end_ptr=I, tile_cell_ptr=I, cand_ptr_ptr=I, cand_ptr=I,
+            count_ptr=I, offset_ptr=I, out_src_ptr=I)
+cases = [
+    case("neighbors", "_pair_kernel", "*fp32", pair, dict(LOOP=False, FILL=True, IS_F64=False, BLOCK_T=32, BLOCK_C=64), False),
+    case("neighbors", "_pair_kernel", "*fp64", pair, dict(LOOP=True, FILL=False, IS_F64=True, BLOCK_T=32, BLOCK_C=64), False),
+    case("triplets", "_triplet_kernel", I, dict(num_edges="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
+    case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32"), dict(HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
+    case("segment", "_scale_rows_kernel", "*fp32", dict(src_ptr=I, seg_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, num_features="i32"), dict(NEED_P=True, NEED_R=True, NEED_S=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_source_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
+    case("basis", "_bessel_kernel", "*fp32", dict(num_edges="i32", num_radial="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_FREQ=True, NUM_SERIES=9, BLOCK_E=64, BLOCK_N=8)),
+    case("basis", "_spherical_kernel", "*fp32", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=False, NEED_DIST=False, NEED_ANGLE=False, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
+    case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
+]
+out = {}
+for name, src, opts in cases:
+    try:
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
+        out[name] = {"ok": True, "fma": len(re.findall(r"\bfma\.", ptx)),
+                     "sqrt": sorted(set(re.findall(r"\bsqrt\.[\w.]+", ptx)))}
+    except Exception as exc:
+        out[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
+    """Compile the kernels to PTX for an H100 (sm_90) in a process without TRITON_INTERPRET: catches
+    what only the compiler rejects, and checks that the neighbor-search distance has no FMA and an
+    IEEE square root (the GPU edge set then equals the CPU's bit for bit)."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    import triton.backends
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("this Triton build has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(pathlib.Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
+    assert not failed, failed
+    for name in ("_pair_kernel[*fp32]", "_pair_kernel[*fp64]"):
+        assert result[name]["fma"] == 0, result[name]
+        assert result[name]["sqrt"] and all(".rn." in s for s in result[name]["sqrt"]), result[name]
