@@ -66,7 +66,7 @@ def set_threads() -> None:
 def rounds(full: int, quick_rounds: int = 1) -> Dict[str, int]:
     """Keyword arguments for ``benchmark.pedantic``."""
     if quick():
-        return dict(rounds=quick_rounds, iterations=1, warmup_rounds=0)
+        return dict(rounds=quick_rounds, iterations=1, warmup_rounds=1)
     return dict(rounds=full, iterations=1, warmup_rounds=1)
 
 

@@ -2,12 +2,29 @@
 #include "ops.h"
 
 #include <cmath>
+#include <string>
 
 #include "cpu/kernels.h"
 
 namespace pamnet_fast {
 
 namespace {
+
+// dtype names as Python users write them (torch.float32), not ATen's (Float).
+std::string dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    default: return c10::toString(t);
+  }
+}
 
 void check_cpu(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor here, got ", t.device());
@@ -16,7 +33,7 @@ void check_cpu(const char* op, const char* name, const at::Tensor& t) {
 void check_float(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
   check_cpu(op, name, t);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-                   " must be float32 or float64, got ", t.scalar_type());
+                   " must be float32 or float64, got ", dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-dimensional, got shape ",
                     t.sizes());
 }
@@ -24,7 +41,7 @@ void check_float(const char* op, const char* name, const at::Tensor& t, int64_t 
 at::Tensor check_index(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
   check_cpu(op, name, t);
   TORCH_CHECK_TYPE(t.scalar_type() == at::kLong || t.scalar_type() == at::kInt, op, ": ", name,
-                   " must be an int32 or int64 index tensor, got ", t.scalar_type());
+                   " must be an int32 or int64 index tensor, got ", dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.dim() == dim, op, ": ", name, " must be ", dim, "-dimensional, got shape ",
                     t.sizes());
   return t.to(at::kLong).contiguous();
@@ -41,8 +58,8 @@ void check_positive(const char* op, const char* name, double v) {
 
 void check_same_dtype(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
                       const at::Tensor& ref) {
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " is ", t.scalar_type(),
-                   " but ", ref_name, " is ", ref.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " is ",
+                   dtype_name(t.scalar_type()), " but ", ref_name, " is ", dtype_name(ref.scalar_type()));
 }
 
 void check_rows(const char* op, const char* name, const at::Tensor& t, int64_t rows, const char* what) {

@@ -48,6 +48,9 @@ def test_layout_matches_authors_names():
     small = reference_layout(True, 16, 2)
     assert "init_linear.weight" not in small and "mlp_sbf.0.0.weight" in small
     assert "local_layer.0.mlp_m_jj.0.0.weight" in small and "local_layer.0.mlp_m_kj.0.0.weight" not in small
+    # 12 model-level tensors, 28 per global layer and 35 per local layer (PAMNet)
+    assert len(lay) == 12 + 2 * (28 + 35)
+    assert len(small) == 9 + 2 * (28 + 35)
 
 
 @pytest.mark.parametrize("small,cfg", [

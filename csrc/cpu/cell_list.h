@@ -15,13 +15,14 @@ namespace pamnet_fast {
 namespace cpu {
 
 // Grid of one graph. Cell (cx, cy, cz) has the global id offset + (cz * dims[1] + cy) * dims[0] + cx, so the
-// cells of an x-row are consecutive and so are their atoms. Geometry is done in double on coordinates
-// local to the grid (x - origin), where rounding errors are relative to the extent of the graph, not to the
-// magnitude of the coordinates; slack covers them.
+// cells of an x-row are consecutive and so are their atoms. Edges may differ per axis. Geometry is done in
+// double on coordinates local to the grid (x - origin), where rounding errors are relative to the extent of
+// the graph, not to the magnitude of the coordinates; slack covers them.
 struct Grid {
   double origin[3];
-  double edge;
-  double slack;
+  double edge[3];
+  double inv_edge[3];
+  double slack[3];
   int64_t dims[3];
   int64_t offset;
 
@@ -29,28 +30,31 @@ struct Grid {
     return offset + (cz * dims[1] + cy) * dims[0] + cx;
   }
   // Cell along axis a of the local coordinate t, clamped: huge values cannot overflow, and the top face of
-  // the box lands in the last cell. Monotone in t.
+  // the box lands in the last cell. Monotone in t. (Truncation is floor on the positive range; it is much
+  // cheaper than std::floor without SSE4.1.)
   int64_t cell(double t, int a) const {
-    if (dims[a] == 1) return 0;
-    const double c = std::floor(t / edge);
-    return static_cast<int64_t>(std::min(std::max(c, 0.0), static_cast<double>(dims[a] - 1)));
+    const double c = t * inv_edge[a];
+    if (!(c > 0)) return 0;
+    return c < static_cast<double>(dims[a] - 1) ? static_cast<int64_t>(c) : dims[a] - 1;
   }
   // Lower bound on the distance along axis a from local coordinate t to the atoms of cell c.
   double gap(double t, int64_t c, int a) const {
     if (dims[a] == 1) return 0;
-    const double lo = static_cast<double>(c) * edge - slack, hi = static_cast<double>(c + 1) * edge + slack;
+    const double lo = static_cast<double>(c) * edge[a] - slack[a];
+    const double hi = static_cast<double>(c + 1) * edge[a] + slack[a];
     return t < lo ? lo - t : (t > hi ? t - hi : 0.0);
   }
 };
 
-// Number of cells of edge h over a box of extents ext (as a double: it may be astronomically large).
+// Number of cells of a cubic grid of edge h over a box of extents ext (a double: may be astronomical).
 inline double num_cells(const double ext[3], double h) {
   double n = 1.0;
   for (int a = 0; a < 3; ++a) n *= std::floor(ext[a] / h) + 1.0;
   return n;
 }
 
-// Smallest edge >= min_edge (up to 0.1%) whose grid has at most max_cells cells: bisection in log space.
+// Smallest cubic edge >= min_edge (up to 0.1%) whose grid has at most max_cells cells: bisection in log
+// space.
 inline double edge_for(const double ext[3], double min_edge, double max_cells) {
   const double longest = std::max({ext[0], ext[1], ext[2]});
   double hi = longest * 1.001 + 1e-300;  // one cell per axis
@@ -73,10 +77,10 @@ struct CellList {
   std::vector<scalar_t> x, y, z;    // [N] cell-ordered coordinates
 };
 
-// choose_edge(ext, n) -> cell edge for a graph of n atoms whose bounding box has extents ext.
-template <typename scalar_t, typename ChooseEdge>
+// choose_edges(ext, n, edge) sets the cell edges of a graph of n atoms whose bounding box has extents ext.
+template <typename scalar_t, typename ChooseEdges>
 CellList<scalar_t> build_cell_list(const scalar_t* pos, const int64_t* batch_ptr, int64_t num_graphs,
-                                   ChooseEdge choose_edge) {
+                                   ChooseEdges choose_edges) {
   CellList<scalar_t> cl;
   const int64_t n = batch_ptr[num_graphs] - batch_ptr[0];
   cl.grids.resize(num_graphs);
@@ -101,11 +105,13 @@ CellList<scalar_t> build_cell_list(const scalar_t* pos, const int64_t* batch_ptr
         if (!std::isfinite(ext[a])) ext[a] = 0;  // (double input near +-DBL_MAX) one cell on that axis
         grid.origin[a] = lo[a];
       }
-      grid.edge = choose_edge(ext, batch_ptr[g + 1] - batch_ptr[g]);
-      for (int a = 0; a < 3; ++a)
-        grid.dims[a] = ext[a] > 0 ? static_cast<int64_t>(std::floor(ext[a] / grid.edge)) + 1 : 1;
-      // Local coordinates are off by a few ulps of the extent, at most ~dims * edge.
-      grid.slack = 1e-12 * static_cast<double>(std::max({grid.dims[0], grid.dims[1], grid.dims[2]}) + 2) * grid.edge;
+      choose_edges(ext, batch_ptr[g + 1] - batch_ptr[g], grid.edge);
+      for (int a = 0; a < 3; ++a) {
+        grid.inv_edge[a] = 1 / grid.edge[a];
+        grid.dims[a] = ext[a] > 0 ? static_cast<int64_t>(std::floor(ext[a] / grid.edge[a])) + 1 : 1;
+        // Local coordinates are off by a few ulps of the extent, at most ~dims * edge.
+        grid.slack[a] = 1e-12 * static_cast<double>(grid.dims[a] + 2) * grid.edge[a];
+      }
       num[g + 1] = grid.dims[0] * grid.dims[1] * grid.dims[2];
     }
   });

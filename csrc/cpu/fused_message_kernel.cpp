@@ -5,6 +5,8 @@
 // the transposed CSR, so every sum has a fixed order whatever the number of threads.
 #include <ATen/Parallel.h>
 
+#include <vector>
+
 #include "cpu/kernels.h"
 #include "cpu/vec_math.h"
 
@@ -13,58 +15,65 @@ namespace cpu {
 
 namespace {
 
+// One edge row: o += silu(pi + qj + re) * se. Restrict-qualified parameters tell GCC the rows do not
+// overlap, so the loop vectorizes without runtime alias checks.
 template <typename scalar_t>
-__attribute__((always_inline)) inline void forward_rows(scalar_t* __restrict out,
-                                                        const scalar_t* __restrict p,
-                                                        const scalar_t* __restrict q,
-                                                        const scalar_t* __restrict r,
-                                                        const scalar_t* __restrict s,
-                                                        const int64_t* ptr, const int64_t* src,
-                                                        int64_t begin, int64_t end, int64_t F) {
-  for (int64_t i = begin; i < end; ++i) {
-    scalar_t* o = out + i * F;
-    const scalar_t* pi = p + i * F;
-    for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(0);
-    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-      const scalar_t* qj = q + src[e] * F;
-      const scalar_t* re = r + e * F;
-      const scalar_t* se = s + e * F;
-      for (int64_t f = 0; f < F; ++f) {
-        const scalar_t h = (pi[f] + qj[f]) + re[f];
-        o[f] += h * sigmoid(h) * se[f];
-      }
-    }
+__attribute__((always_inline)) inline void message_row(scalar_t* __restrict o,
+                                                       const scalar_t* __restrict pi,
+                                                       const scalar_t* __restrict qj,
+                                                       const scalar_t* __restrict re,
+                                                       const scalar_t* __restrict se, int64_t F) {
+  for (int64_t f = 0; f < F; ++f) {
+    const scalar_t h = (pi[f] + qj[f]) + re[f];
+    o[f] += h * sigmoid(h) * se[f];
   }
 }
 
-// Per edge: gh = d out / d h (written to gh, the gradient of r), gs = d out / d s; gp sums gh per target.
+// One edge row of the backward: gh = d out / d h, gs = d out / d s, gp += gh.
+template <typename scalar_t>
+__attribute__((always_inline)) inline void message_row_backward(
+    const scalar_t* __restrict gi, const scalar_t* __restrict pi, const scalar_t* __restrict qj,
+    const scalar_t* __restrict re, const scalar_t* __restrict se, scalar_t* __restrict ghe,
+    scalar_t* __restrict gse, scalar_t* __restrict gpi, int64_t F) {
+  for (int64_t f = 0; f < F; ++f) {
+    const scalar_t h = (pi[f] + qj[f]) + re[f];
+    const scalar_t sg = sigmoid(h);
+    gse[f] = gi[f] * (h * sg);
+    const scalar_t g = gi[f] * se[f] * (sg * (scalar_t(1) + h * (scalar_t(1) - sg)));
+    ghe[f] = g;
+    gpi[f] += g;
+  }
+}
+
+template <typename scalar_t>
+__attribute__((always_inline)) inline void forward_rows(scalar_t* out, const scalar_t* p,
+                                                        const scalar_t* q, const scalar_t* r,
+                                                        const scalar_t* s, const int64_t* ptr,
+                                                        const int64_t* src, int64_t begin,
+                                                        int64_t end, int64_t F) {
+  for (int64_t i = begin; i < end; ++i) {
+    scalar_t* o = out + i * F;
+    for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(0);
+    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e)
+      message_row(o, p + i * F, q + src[e] * F, r + e * F, s + e * F, F);
+  }
+}
+
+// Gradients per edge row; outputs that are not wanted (nullptr) go to a scratch row, so the feature
+// loop has no branch.
 template <typename scalar_t>
 __attribute__((always_inline)) inline void backward_rows(
-    const scalar_t* __restrict go, const scalar_t* __restrict p, const scalar_t* __restrict q,
-    const scalar_t* __restrict r, const scalar_t* __restrict s, const int64_t* ptr,
-    const int64_t* src, scalar_t* __restrict gh, scalar_t* __restrict gs, scalar_t* __restrict gp,
-    int64_t begin, int64_t end, int64_t F) {
+    const scalar_t* go, const scalar_t* p, const scalar_t* q, const scalar_t* r, const scalar_t* s,
+    const int64_t* ptr, const int64_t* src, scalar_t* gh, scalar_t* gs, scalar_t* gp, int64_t begin,
+    int64_t end, int64_t F) {
+  std::vector<scalar_t> scratch(3 * F);
   for (int64_t i = begin; i < end; ++i) {
-    const scalar_t* pi = p + i * F;
-    const scalar_t* gi = go + i * F;
-    scalar_t* gpi = gp ? gp + i * F : nullptr;
-    if (gpi)
-      for (int64_t f = 0; f < F; ++f) gpi[f] = scalar_t(0);
-    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
-      const scalar_t* qj = q + src[e] * F;
-      const scalar_t* re = r + e * F;
-      const scalar_t* se = s + e * F;
-      scalar_t* ghe = gh ? gh + e * F : nullptr;
-      scalar_t* gse = gs ? gs + e * F : nullptr;
-      for (int64_t f = 0; f < F; ++f) {
-        const scalar_t h = (pi[f] + qj[f]) + re[f];
-        const scalar_t sg = sigmoid(h);
-        if (gse) gse[f] = gi[f] * (h * sg);
-        const scalar_t g = gi[f] * se[f] * (sg * (scalar_t(1) + h * (scalar_t(1) - sg)));
-        if (ghe) ghe[f] = g;
-        if (gpi) gpi[f] += g;
-      }
-    }
+    scalar_t* gpi = gp ? gp + i * F : scratch.data();
+    for (int64_t f = 0; f < F; ++f) gpi[f] = scalar_t(0);
+    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e)
+      message_row_backward(go + i * F, p + i * F, q + src[e] * F, r + e * F, s + e * F,
+                           gh ? gh + e * F : scratch.data() + F,
+                           gs ? gs + e * F : scratch.data() + 2 * F, gpi, F);
   }
 }
 

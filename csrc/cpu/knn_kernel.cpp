@@ -4,7 +4,7 @@
 // then source (not by distance), with a CSR pointer over targets.
 //
 // Algorithm. A cell list (cell_list.h) sized for a few atoms per cell. Each target visits shells of cells
-// around its own (Chebyshev distance 0, 1, 2, ... in cells), keeping the k best candidates in a max-heap,
+// around its own (Chebyshev distance 0, 1, 2, ... in cells), keeping the k best candidates (a buffer cut by nth_element),
 // and stops once a lower bound on the distance of every unvisited atom is strictly above the k-th best
 // (strictly: an unvisited atom at the same distance with a smaller index would win the tie) or above r.
 // Without r every target has exactly min(k, n_g - 1) (or n_g with loops) sources, so the pointer is known
@@ -45,14 +45,15 @@ struct KnnSearch {
     return d * (1 - 1e-5) - (sizeof(scalar_t) == 4 ? 1e-20 : 1e-150);
   }
 
-  // Fills heap with the (at most k) nearest sources of target i, as a max-heap.
-  void nearest(int64_t i, std::vector<Candidate>& heap) const {
-    heap.clear();
+  // Leaves in best the (at most k) nearest sources of target i, in no particular order.
+  void nearest(int64_t i, std::vector<Candidate>& best) const {
+    best.clear();
     const int64_t g = graph_of[i];
     const int64_t cap = std::min(k, batch_ptr[g + 1] - batch_ptr[g] - (loop ? 0 : 1));
     if (cap <= 0) return;
     const Grid& grid = cells.grids[g];
     const scalar_t p[3] = {pos[3 * i], pos[3 * i + 1], pos[3 * i + 2]};
+    const double q[3] = {p[0] - grid.origin[0], p[1] - grid.origin[1], p[2] - grid.origin[2]};
     int64_t c[3];
     int64_t local = cells.node_cell[i] - grid.offset;
     for (int a = 0; a < 3; ++a) {
@@ -60,30 +61,34 @@ struct KnnSearch {
       local /= grid.dims[a];
     }
     // Distance from atom i to the slab of cells at offset d along axis a.
-    const double q[3] = {p[0] - grid.origin[0], p[1] - grid.origin[1], p[2] - grid.origin[2]};
     auto gap = [&](int a, int64_t d) { return grid.gap(q[a], c[a] + d, a); };
-    // Nothing at rounded distance above limit() can enter the heap.
+
+    // Candidates are appended to best and, when there are many, cut to the cap nearest (nth_element),
+    // which fixes the k-th distance so far: nothing farther than limit can enter any more.
     constexpr double inf = std::numeric_limits<double>::infinity();
-    auto limit = [&]() {
-      const double kth = static_cast<int64_t>(heap.size()) == cap ? static_cast<double>(heap.front().first)
-                                                                   : inf;
-      return has_r ? std::min(kth, static_cast<double>(r)) : kth;
+    double limit = has_r ? static_cast<double>(r) : inf;
+    double limit2 = inf;  // a loose form of `sqrt(d2) <= limit` on squares, sparing most atoms the sqrt
+    auto cut = [&]() {
+      if (static_cast<int64_t>(best.size()) < cap) return;
+      std::nth_element(best.begin(), best.begin() + (cap - 1), best.end());
+      best.resize(cap);
+      limit = std::min(limit, static_cast<double>(best.back().first));
+      limit2 = limit * limit * (1 + 1e-6) + 1e-300;
     };
+    if (has_r) limit2 = limit * limit * (1 + 1e-6) + 1e-300;
+    const scalar_t *x = cells.x.data(), *y = cells.y.data(), *z = cells.z.data();
+    const int64_t* index = cells.index.data();
     auto scan = [&](int64_t cell0, int64_t cell1) {
-      for (int64_t s = cells.cell_start[cell0]; s < cells.cell_start[cell1 + 1]; ++s) {
-        const scalar_t dx = cells.x[s] - p[0], dy = cells.y[s] - p[1], dz = cells.z[s] - p[2];
-        const scalar_t d = std::sqrt(dx * dx + dy * dy + dz * dz);
-        const Candidate cand(d, cells.index[s]);
-        if ((!loop && cand.second == i) || (has_r && !(d <= r))) continue;
-        if (static_cast<int64_t>(heap.size()) < cap) {
-          heap.push_back(cand);
-          std::push_heap(heap.begin(), heap.end());
-        } else if (cand < heap.front()) {
-          std::pop_heap(heap.begin(), heap.end());
-          heap.back() = cand;
-          std::push_heap(heap.begin(), heap.end());
-        }
+      const int64_t end = cells.cell_start[cell1 + 1];
+      for (int64_t s = cells.cell_start[cell0]; s < end; ++s) {
+        const scalar_t dx = x[s] - p[0], dy = y[s] - p[1], dz = z[s] - p[2];
+        const scalar_t d2 = dx * dx + dy * dy + dz * dz;
+        if (static_cast<double>(d2) > limit2) continue;
+        const scalar_t d = std::sqrt(d2);
+        if ((!loop && index[s] == i) || (has_r && !(d <= r))) continue;
+        best.emplace_back(d, index[s]);
       }
+      if (static_cast<int64_t>(best.size()) >= 2 * cap + 64) cut();
     };
 
     const int64_t last_shell =
@@ -95,7 +100,7 @@ struct KnnSearch {
         const double gz = dz == 0 ? 0.0 : gap(2, dz);
         for (int64_t dy = std::max(-s, -c[1]); dy <= std::min(s, grid.dims[1] - 1 - c[1]); ++dy) {
           const double gy = dy == 0 ? 0.0 : gap(1, dy);
-          if (rounded_below(std::sqrt(gz * gz + gy * gy)) > limit()) continue;
+          if (rounded_below(std::sqrt(gz * gz + gy * gy)) > limit) continue;
           const int64_t row = grid.id(0, c[1] + dy, c[2] + dz);
           if (std::abs(dz) == s || std::abs(dy) == s) {
             scan(row + std::max(c[0] - s, int64_t{0}), row + std::min(c[0] + s, grid.dims[0] - 1));
@@ -105,14 +110,16 @@ struct KnnSearch {
           }
         }
       }
+      cut();
       if (s >= last_shell) return;
-      // Every unvisited atom is at least `nearest` away along some axis.
+      // Every unvisited atom is at least `nearest` away along some axis: done when that is beyond the
+      // limit (strictly: an atom exactly at the k-th distance with a smaller index would still win).
       double nearest = inf;
       for (int a = 0; a < 3; ++a) {
         if (c[a] - s - 1 >= 0) nearest = std::min(nearest, gap(a, -s - 1));
         if (c[a] + s + 1 < grid.dims[a]) nearest = std::min(nearest, gap(a, s + 1));
       }
-      if (rounded_below(nearest) > limit()) return;
+      if (rounded_below(nearest) > limit) return;
     }
   }
 };
@@ -132,21 +139,21 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& pos_t, int64_t k,
   const double per_cell = std::max<double>(2.0, static_cast<double>(k) / 4);
   const double reach = static_cast<double>(r_s) * (1 + 1e-5);
   const CellList<scalar_t> cells =
-      build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms) {
+      build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
         const double dense = edge_for(ext, 0.0, std::max(1.0, atoms / per_cell));
-        return has_r && reach < dense ? edge_for(ext, reach, 2.0 * atoms + 8) : dense;
+        edge[0] = edge[1] = edge[2] = has_r && reach < dense ? edge_for(ext, reach, 2.0 * atoms + 8) : dense;
       });
   const std::vector<int64_t> graph_of = node_graph(batch_ptr, num_graphs);
   const KnnSearch<scalar_t> search{cells, graph_of, batch_ptr, pos, k, loop, has_r, r_s};
 
-  // Targets in cell order, for locality; emit(i, heap) gets each target's nearest sources.
+  // Targets in cell order, for locality; emit(i, best) gets each target's nearest sources.
   const int64_t num_cells = static_cast<int64_t>(cells.cell_start.size()) - 1;
   auto for_each_target = [&](auto&& emit) {
     at::parallel_for(0, num_cells, 16, [&](int64_t c0, int64_t c1) {
-      std::vector<typename KnnSearch<scalar_t>::Candidate> heap;
+      std::vector<typename KnnSearch<scalar_t>::Candidate> best;
       for (int64_t s = cells.cell_start[c0]; s < cells.cell_start[c1]; ++s) {
-        search.nearest(cells.index[s], heap);
-        emit(cells.index[s], heap);
+        search.nearest(cells.index[s], best);
+        emit(cells.index[s], best);
       }
     });
   };
@@ -155,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& pos_t, int64_t k,
   int64_t* ptr = ptr_t.data_ptr<int64_t>();
   ptr[0] = 0;
   if (has_r) {
-    for_each_target([&](int64_t i, const auto& heap) { ptr[i + 1] = static_cast<int64_t>(heap.size()); });
+    for_each_target([&](int64_t i, const auto& best) { ptr[i + 1] = static_cast<int64_t>(best.size()); });
   } else {
     for (int64_t g = 0; g < num_graphs; ++g) {
       const int64_t size = batch_ptr[g + 1] - batch_ptr[g];
@@ -169,9 +176,9 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& pos_t, int64_t k,
   at::Tensor edge_index = at::empty({2, num_edges}, ptr_t.options());
   int64_t* src = edge_index.data_ptr<int64_t>();
   int64_t* dst = src + num_edges;
-  for_each_target([&](int64_t i, const auto& heap) {
+  for_each_target([&](int64_t i, const auto& best) {
     int64_t* out = src + ptr[i];
-    for (const auto& cand : heap) *out++ = cand.second;
+    for (const auto& cand : best) *out++ = cand.second;
     std::sort(src + ptr[i], out);
     std::fill(dst + ptr[i], dst + ptr[i + 1], i);
   });

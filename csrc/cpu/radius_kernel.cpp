@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -34,7 +35,7 @@ namespace pamnet_fast {
 namespace cpu {
 namespace {
 
-constexpr double kCellsPerReach = 1;
+constexpr double kSlicesX = 8;
 
 // Largest s with sqrt(s) <= r in scalar_t. The correctly rounded sqrt is monotone, so `sqrt(s) <= r` iff
 // `s <= threshold`, bit for bit; the inner loops compare squared distances and never take a sqrt.
@@ -92,15 +93,17 @@ struct RadiusSearch {
     const double q[3] = {pos[3 * i] - grid.origin[0], pos[3 * i + 1] - grid.origin[1],
                          pos[3 * i + 2] - grid.origin[2]};
     const double reach2 = reach * reach;
-    const double wz = reach + grid.slack;
-    for (int64_t cz = grid.cell(q[2] - wz, 2); cz <= grid.cell(q[2] + wz, 2); ++cz) {
+    const double wz = reach + grid.slack[2];
+    const int64_t z1 = grid.cell(q[2] + wz, 2);
+    for (int64_t cz = grid.cell(q[2] - wz, 2); cz <= z1; ++cz) {
       const double gz = grid.gap(q[2], cz, 2), rz2 = reach2 - gz * gz;
       if (rz2 < 0) continue;
-      const double wy = std::sqrt(rz2) + grid.slack;
-      for (int64_t cy = grid.cell(q[1] - wy, 1); cy <= grid.cell(q[1] + wy, 1); ++cy) {
+      const double wy = std::sqrt(rz2) + grid.slack[1];
+      const int64_t y1 = grid.cell(q[1] + wy, 1);
+      for (int64_t cy = grid.cell(q[1] - wy, 1); cy <= y1; ++cy) {
         const double gy = grid.gap(q[1], cy, 1), ry2 = rz2 - gy * gy;
         if (ry2 < 0) continue;
-        const double wx = std::sqrt(ry2) + grid.slack;
+        const double wx = std::sqrt(ry2) + grid.slack[0];
         const int64_t id = grid.id(0, cy, cz);
         row(id + grid.cell(q[0] - wx, 0), id + grid.cell(q[0] + wx, 0));
       }
@@ -118,13 +121,12 @@ struct RadiusSearch {
     return c;
   }
 
-  // Calls f(slot) for each slot in [s0, s1) within r of p, in slot order. Chunks of squared distances
-  // (vectorized), then a branch-free compaction of the hits, then the callback on the hits only.
-  template <typename F>
-  void for_each_hit(const scalar_t* p, int64_t s0, int64_t s1, F&& f) const {
+  // Writes to out the slots in [s0, s1) within r of p, in slot order, and returns their number. Chunks of
+  // squared distances (vectorized), then a branch-free compaction of the hits.
+  int64_t collect(const scalar_t* p, int64_t s0, int64_t s1, int64_t* out) const {
     constexpr int64_t kChunk = 64;
     scalar_t d2[kChunk];
-    int64_t hits[kChunk];
+    int64_t m = 0;
     for (; s0 < s1; s0 += kChunk) {
       const int64_t len = std::min(s1 - s0, kChunk);
       const scalar_t *x = cells.x.data() + s0, *y = cells.y.data() + s0, *z = cells.z.data() + s0;
@@ -132,13 +134,22 @@ struct RadiusSearch {
         const scalar_t dx = x[t] - p[0], dy = y[t] - p[1], dz = z[t] - p[2];
         d2[t] = dx * dx + dy * dy + dz * dz;
       }
-      int64_t m = 0;
       for (int64_t t = 0; t < len; ++t) {
-        hits[m] = s0 + t;
+        out[m] = s0 + t;
         m += d2[t] <= r2;
       }
-      for (int64_t k = 0; k < m; ++k) f(hits[k]);
     }
+    return m;
+  }
+
+  // All the slots within r of atom i (itself included) into out (room for the atoms of its graph); returns
+  // their number.
+  int64_t neighbors(int64_t i, int64_t* out) const {
+    int64_t m = 0;
+    for_each_row(i, [&](int64_t c0, int64_t c1) {
+      m += collect(pos + 3 * i, cells.cell_start[c0], cells.cell_start[c1 + 1], out + m);
+    });
+    return m;
   }
 };
 
@@ -157,10 +168,17 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   const scalar_t r_s = static_cast<scalar_t>(r);
   const double tiny = sizeof(scalar_t) == 4 ? 1e-20 : 1e-150;
   const double reach = static_cast<double>(r_s) * (1 + 1e-5) + tiny;
-  // Cells reach / kCellsPerReach wide, never more than ~2 per atom (sparse or huge coordinates).
+  // Cells reach wide along y and z (wider when sparse: at most ~2 cells per atom), and thinner along x, down
+  // to reach / kSlicesX: the x-range of each row is trimmed to the ball at no cost, since a row is one run of
+  // slots whatever its number of cells. This halves the candidates of cubic cells.
   const CellList<scalar_t> cells =
-      build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms) {
-        return edge_for(ext, reach / kCellsPerReach, 2.0 * atoms + 8);
+      build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
+        const double max_cells = 2.0 * atoms + 8;
+        const double h = edge_for(ext, reach, max_cells);
+        const double rows = (std::floor(ext[1] / h) + 1) * (std::floor(ext[2] / h) + 1);
+        const double nx = std::floor(max_cells / rows);
+        edge[0] = nx >= 2 ? std::min(h, std::max(h / kSlicesX, ext[0] / (nx - 1) * (1 + 1e-9))) : h;
+        edge[1] = edge[2] = h;
       });
   const std::vector<int64_t> graph_of = node_graph(batch_ptr, num_graphs);
   const RadiusSearch<scalar_t> search{cells, graph_of, pos, squared_threshold(r_s), reach};
@@ -172,31 +190,23 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 16, n}));
   const int64_t block_size = std::max<int64_t>(1, (n + blocks - 1) / blocks);
 
-  // Pass 1, by target in cell order: count[b * n + i] = number of sources of target i in block b. A row of
-  // cells is cut where the block changes (rarely: atoms are sorted by index within a cell, and nearby
-  // atoms tend to have nearby indices), and each piece is counted by the vectorized loop.
+  // Pass 1, by target in cell order: count[b * n + i] = number of sources of target i in block b. Rows of
+  // slots are cut where the block changes (rarely: nearby atoms tend to have nearby indices); same_block[s]
+  // is the end of the run of slots from s whose atoms are all in the block of slot s.
+  std::vector<int64_t> same_block(n);
+  for (int64_t s = n - 1; s >= 0; --s)
+    same_block[s] = s + 1 < n && index[s + 1] / block_size == index[s] / block_size ? same_block[s + 1] : s + 1;
   std::vector<int64_t> count(blocks * n, 0);
   at::parallel_for(0, n, 256, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = index[t];
       const scalar_t* p = pos + 3 * i;
       search.for_each_row(i, [&](int64_t c0, int64_t c1) {
-        int64_t piece = cell_start[c0], piece_block = -1;
-        for (int64_t c = c0; c <= c1; ++c) {
-          for (int64_t s = cell_start[c], e = cell_start[c + 1]; s < e;) {
-            const int64_t b = index[s] / block_size;
-            const int64_t next = index[e - 1] / block_size == b
-                                     ? e
-                                     : std::lower_bound(index + s, index + e, (b + 1) * block_size) - index;
-            if (b != piece_block) {
-              if (piece_block >= 0) count[piece_block * n + i] += search.count(p, piece, s);
-              piece = s;
-              piece_block = b;
-            }
-            s = next;
-          }
+        for (int64_t s = cell_start[c0], end = cell_start[c1 + 1]; s < end;) {
+          const int64_t e = std::min(same_block[s], end);
+          count[index[s] / block_size * n + i] += search.count(p, s, e);
+          s = e;
         }
-        if (piece_block >= 0) count[piece_block * n + i] += search.count(p, piece, cell_start[c1 + 1]);
       });
       if (!loop) --count[(i / block_size) * n + i];  // itself, at distance 0
     }
@@ -233,25 +243,46 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
         count[b * n + i] = over && total[i] > max_num_neighbors ? -1 : at;
         at += c;
       }
-      std::fill(dst + ptr[i], dst + ptr[i + 1], i);
+    }
+  });
+  // Row 1, by chunks of edges (a few targets may own most of them).
+  at::parallel_for(0, num_edges, 1 << 16, [&](int64_t e0, int64_t e1) {
+    int64_t i = std::upper_bound(ptr, ptr + n + 1, e0) - ptr - 1;
+    for (int64_t e = e0; e < e1; ++e) {
+      while (ptr[i + 1] <= e) ++i;
+      dst[e] = i;
     }
   });
 
   PROF("scan+alloc")
   // Pass 2: each block takes its sources in ascending order and appends them to their targets' lists.
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t* cursor = count.data() + b * n;
-      for (int64_t j = b * block_size; j < std::min(n, (b + 1) * block_size); ++j) {
-        search.for_each_row(j, [&](int64_t c0, int64_t c1) {
-          search.for_each_hit(pos + 3 * j, cell_start[c0], cell_start[c1 + 1], [&](int64_t s) {
-            const int64_t i = index[s];
-            if ((loop || i != j) && cursor[i] >= 0) src[cursor[i]++] = j;
-          });
-        });
+  int64_t max_graph = 0;
+  for (int64_t g = 0; g < num_graphs; ++g) max_graph = std::max(max_graph, batch_ptr[g + 1] - batch_ptr[g]);
+  auto fill = [&](auto skip_truncated) {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int64_t> hits(max_graph);
+      // Local copies: the compiler cannot tell that the stores to out leave them unchanged.
+      int64_t* const out = src;
+      const int64_t* const slot_index = index;
+      const bool skip_self = !loop;
+      for (int64_t b = b0; b < b1; ++b) {
+        int64_t* const cursor = count.data() + b * n;
+        for (int64_t j = b * block_size; j < std::min(n, (b + 1) * block_size); ++j) {
+          const int64_t m = search.neighbors(j, hits.data());
+          for (int64_t k = 0; k < m; ++k) {
+            const int64_t i = slot_index[hits[k]];
+            if ((skip_self && i == j) || (decltype(skip_truncated)::value && cursor[i] < 0)) continue;
+            out[cursor[i]++] = j;
+          }
+        }
       }
-    }
-  });
+    });
+  };
+  if (over) {
+    fill(std::true_type{});
+  } else {
+    fill(std::false_type{});
+  }
 
   PROF("fill")
   if (over) {
@@ -260,18 +291,19 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
     for (int64_t i = 0; i < n; ++i)
       if (total[i] > max_num_neighbors) cut.push_back(i);
     at::parallel_for(0, static_cast<int64_t>(cut.size()), 16, [&](int64_t t0, int64_t t1) {
+      std::vector<int64_t> hits(max_graph);
       std::vector<std::pair<scalar_t, int64_t>> cand;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = cut[t];
         const scalar_t* p = pos + 3 * i;
         cand.clear();
-        search.for_each_row(i, [&](int64_t c0, int64_t c1) {
-          search.for_each_hit(p, cell_start[c0], cell_start[c1 + 1], [&](int64_t s) {
-            if (!loop && index[s] == i) return;
-            const scalar_t dx = cells.x[s] - p[0], dy = cells.y[s] - p[1], dz = cells.z[s] - p[2];
-            cand.emplace_back(std::sqrt(dx * dx + dy * dy + dz * dz), index[s]);
-          });
-        });
+        const int64_t m = search.neighbors(i, hits.data());
+        for (int64_t k = 0; k < m; ++k) {
+          const int64_t s = hits[k];
+          if (!loop && index[s] == i) continue;
+          const scalar_t dx = cells.x[s] - p[0], dy = cells.y[s] - p[1], dz = cells.z[s] - p[2];
+          cand.emplace_back(std::sqrt(dx * dx + dy * dy + dz * dz), index[s]);
+        }
         std::nth_element(cand.begin(), cand.begin() + max_num_neighbors, cand.end());
         std::sort(cand.begin(), cand.begin() + max_num_neighbors,
                   [](const auto& a, const auto& b) { return a.second < b.second; });

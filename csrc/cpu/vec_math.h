@@ -18,6 +18,13 @@
 namespace pamnet_fast {
 namespace cpu {
 
+// Round to the nearest integer (|x| < 2^22) by adding and removing 1.5 * 2^23: plain float arithmetic
+// that vectorizes, where std::floor becomes a library call without -fno-trapping-math.
+inline float round_nearest(float x) {
+  const float magic = 12582912.0f;
+  return (x + magic) - magic;
+}
+
 inline float bits_to_float(int32_t i) {
   float f;
   std::memcpy(&f, &i, sizeof(f));
@@ -27,7 +34,7 @@ inline float bits_to_float(int32_t i) {
 // exp(x) for float: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, 2^n from bits.
 inline float exp_approx(float x) {
   x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float fn = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float fn = round_nearest(x * 1.44269504088896341f);
   const float r = (x - fn * 0.693359375f) - fn * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -43,7 +50,7 @@ inline double exp_approx(double x) { return std::exp(x); }
 
 // sin(x) for float: x = k pi/2 + r (Cody-Waite in three parts), then the sin or cos polynomial of r.
 inline float sin_approx(float x) {
-  const float fk = std::floor(x * 0.636619772367581343f + 0.5f);
+  const float fk = round_nearest(x * 0.636619772367581343f);
   const float r = ((x - fk * 1.5703125f) - fk * 4.83751296997070312e-4f) - fk * 7.54978995489188216e-8f;
   const float r2 = r * r;
   const float s = r + r * r2 * (-1.6666654611e-1f + r2 * (8.3321608736e-3f + r2 * -1.9515295891e-4f));

@@ -11,8 +11,24 @@ from typing import Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import ops
+
+
+def _wants_checkpoint(module: nn.Module, *tensors: Tensor) -> bool:
+    """Recompute ``module``'s node/triplet MLPs in backward instead of keeping their activations:
+    only when autograd records (``grad_checkpointing`` on the module, default True)."""
+    return (getattr(module, "grad_checkpointing", True) and torch.is_grad_enabled()
+            and any(t.requires_grad for t in tensors))
+
+
+def maybe_checkpoint(module: nn.Module, fn, *args: Tensor):
+    """``fn(*args)``, activation-checkpointed (non-reentrant) when :func:`_wants_checkpoint`; the
+    recomputation is bitwise the same forward, so values and gradients are unchanged."""
+    if _wants_checkpoint(module, *args, *module.parameters()):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def MLP(channels: Sequence[int]) -> nn.Sequential:
@@ -62,6 +78,8 @@ class PlexLayer(nn.Module):
     ``[N, out_dim]`` and attention score :math:`s = z W` ``[N, 1]``.
     """
 
+    grad_checkpointing: bool = True
+
     def __init__(self, dim: int, out_dim: int = 1):
         super().__init__()
         self.dim, self.out_dim = dim, out_dim
@@ -82,7 +100,11 @@ class PlexLayer(nn.Module):
 
     def update_and_output(self, h: Tensor, res_x: Tensor):
         """``h``: message-updated ``[N, F]``; returns ``(x' [N, F], out [N, out_dim], score [N, 1],
-        z [N, F])``."""
+        z [N, F])``. In training the ten node MLPs are recomputed in backward (only ``h`` and
+        ``res_x`` are kept; set ``grad_checkpointing = False`` to keep all activations)."""
+        return maybe_checkpoint(self, self._update_and_output, h, res_x)
+
+    def _update_and_output(self, h: Tensor, res_x: Tensor):
         x = self.res1(self.mlp_x2(h)) + res_x
         x = self.res3(self.res2(x))
         z = self.mlp_out(x)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import Triplets
-from .global_mp import MLP, PlexLayer, split_message_weight
+from .global_mp import MLP, PlexLayer, maybe_checkpoint, split_message_weight
 
 
 def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, dim: int) -> Tensor:
@@ -60,14 +60,17 @@ class LocalMessagePassing(PlexLayer):
         self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
         self.reset_parameters()
 
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        return _edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
                 ptr: Tensor, trip: Triplets, edge_ids: Tensor):
         src, dst = edge_index[0], edge_index[1]
         res_x = x
         h = self.mlp_x1(x)
-        m_nb = _edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
-        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, self.mlp_sbf(sbf2), trip.two_hop_ptr)
-        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, self.mlp_sbf(sbf1),
+        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
+        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, maybe_checkpoint(self, self.mlp_sbf, sbf2), trip.two_hop_ptr)
+        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, maybe_checkpoint(self, self.mlp_sbf, sbf1),
                                                    trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
         h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
@@ -94,13 +97,16 @@ class LocalMessagePassingS(PlexLayer):
         self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
         self.reset_parameters()
 
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor) -> Tensor:
+        return _edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
                 trip: Triplets, edge_ids: Tensor):
         src, dst = edge_index[0], edge_index[1]
         res_x = x
         h = self.mlp_x1(x)
-        m_nb = _edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
-        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, self.mlp_sbf(sbf), trip.one_hop_ptr)
+        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
+        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, maybe_checkpoint(self, self.mlp_sbf, sbf), trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
         h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
         return self.update_and_output(h, res_x)

@@ -14,7 +14,7 @@ layers; message passing uses :func:`pamnet_fast.ops.fused_edge_message` and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -58,6 +58,23 @@ class PAMNetConfig:
     dipole_charges: bool = True
     reference_compat: bool = False
     max_num_neighbors: Optional[int] = None
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (for checkpoints); inverse of :meth:`from_dict`."""
+        d = asdict(self)
+        d["atom_types"] = list(self.atom_types)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PAMNetConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"PAMNetConfig.from_dict: unknown fields {sorted(unknown)}")
+        kw = dict(d)
+        if "atom_types" in kw:
+            kw["atom_types"] = tuple(kw["atom_types"])
+        return cls(**kw)
 
     @classmethod
     def qm9(cls, **kw) -> "PAMNetConfig":

@@ -18,7 +18,7 @@ def bessel_frequencies(num_radial: int, dtype=torch.float32, device=None) -> Ten
 
 
 def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent: int = 5, *,
-                 freq: Optional[Tensor] = None) -> Tensor:
+                 freq: Optional[Tensor] = None, _kernel=None) -> Tensor:
     r"""DimeNet's radial Bessel basis times the polynomial envelope, ``[E, num_radial]``:
 
     .. math:: e_n(d) = u_p(d/c) \, \frac{\sin(f_n d / c)}{d / c}, \quad
@@ -36,7 +36,8 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
         freq = bessel_frequencies(num_radial, dist.dtype, dist.device)
     elif freq.dim() != 1 or freq.numel() != num_radial:
         raise ValueError(f"{op}: freq must have shape [{num_radial}], got {tuple(freq.shape)}")
-    return _ops().bessel_basis(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
+    kernel = _kernel or _ops().bessel_basis
+    return kernel(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,7 +51,7 @@ def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> 
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,
-                    num_radial: int = 6, envelope_exponent: int = 5) -> Tensor:
+                    num_radial: int = 6, envelope_exponent: int = 5, *, _kernel=None) -> Tensor:
     r"""DimeNet's 2D spherical Fourier-Bessel basis, ``[T, num_spherical * num_radial]`` (l-major):
 
     .. math:: a_{ln}(d, \alpha) = u_p(d/c)\, \sqrt{2}\, \frac{j_l(z_{ln} d / c)}{|j_{l+1}(z_{ln})|}
@@ -67,5 +68,5 @@ def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: i
     checks.positive(op, "num_spherical", num_spherical, integer=True)
     checks.positive(op, "num_radial", num_radial, integer=True)
     zeros = spherical_bessel_zeros(num_spherical, num_radial, dist.device)
-    return _ops().spherical_basis(dist.contiguous(), angle.contiguous(), zeros, float(cutoff),
-                                  envelope_exponent)
+    kernel = _kernel or _ops().spherical_basis
+    return kernel(dist.contiguous(), angle.contiguous(), zeros, float(cutoff), envelope_exponent)

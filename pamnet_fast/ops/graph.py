@@ -1,4 +1,9 @@
-"""Neighbor graphs: radius and k-nearest-neighbor edge lists, exact and sorted for CSR use."""
+"""Neighbor graphs: radius and k-nearest-neighbor edge lists, exact and sorted for CSR use.
+
+Every public op here and in the sibling modules takes a private ``_kernel``: the schema-level
+implementation to call instead of the dispatcher (``pamnet_fast.ops.triton`` uses it to launch its
+kernels directly).
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -31,7 +36,7 @@ def _finish(pos: Tensor, edge_index: Tensor, ptr: Tensor, return_ptr: bool, retu
 
 def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop: bool = False,
                  max_num_neighbors: Optional[int] = None, truncate: bool = False,
-                 return_ptr: bool = False, return_dist: bool = False):
+                 return_ptr: bool = False, return_dist: bool = False, _kernel=None):
     r"""All pairs within distance ``r``: edges :math:`j \to i` with :math:`\|p_i - p_j\| \le r`.
 
     Exact: the same edge set as brute force, with the distance evaluated in the dtype of ``pos``
@@ -62,12 +67,13 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop:
                          f"got {max_num_neighbors!r}")
     if isinstance(r, Tensor):
         r = float(r)
-    edge_index, ptr = _ops().radius_graph(pos, r, batch, loop, max_num_neighbors, truncate)
+    kernel = _kernel or _ops().radius_graph
+    edge_index, ptr = kernel(pos, r, batch, loop, max_num_neighbors, truncate)
     return _finish(pos, edge_index, ptr, return_ptr, return_dist)
 
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, *, r: Optional[float] = None,
-              loop: bool = False, return_ptr: bool = False, return_dist: bool = False):
+              loop: bool = False, return_ptr: bool = False, return_dist: bool = False, _kernel=None):
     r"""The ``k`` nearest neighbors :math:`j` of each node :math:`i` (within ``r`` if given) as edges
     :math:`j \to i`; ties broken by the smaller index; fewer candidates than ``k`` gives all of them.
 
@@ -77,5 +83,5 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, *, r: Optiona
     pos, batch = _prepare("knn_graph", pos, batch)
     if isinstance(r, Tensor):
         r = float(r)
-    edge_index, ptr = _ops().knn_graph(pos, k, batch, r, loop)
+    edge_index, ptr = (_kernel or _ops().knn_graph)(pos, k, batch, r, loop)
     return _finish(pos, edge_index, ptr, return_ptr, return_dist)

@@ -11,7 +11,7 @@ def _index(op: str, name: str, t: Tensor) -> Tensor:
     return checks.index(op, name, t).long().contiguous()
 
 
-def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor:
+def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kernel=None) -> Tensor:
     r"""Segment sum of gathered products, without materializing ``a[src]``:
 
     .. math:: \mathrm{out}_r = \sum_{s = \mathrm{ptr}_r}^{\mathrm{ptr}_{r+1} - 1} a_{\mathrm{src}_s} \odot b_s
@@ -28,11 +28,12 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor
     op = "segment_gather_mul"
     checks.floating(op, "a", a, dim=2)
     checks.floating(op, "b", b, dim=2)
-    return _ops().segment_gather_mul(a.contiguous(), _index(op, "src", src), b.contiguous(),
-                                     _index(op, "ptr", ptr))
+    kernel = _kernel or _ops().segment_gather_mul
+    return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr))
 
 
-def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor) -> Tensor:
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor, *,
+                       _kernel=None) -> Tensor:
     r"""Gated edge messages summed per target, fused:
 
     .. math:: \mathrm{out}_i = \sum_{e \in [\mathrm{ptr}_i, \mathrm{ptr}_{i+1})}
@@ -50,5 +51,6 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
         checks.floating(op, name, t, dim=2)
-    return _ops().fused_edge_message(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
-                                     _index(op, "ptr", ptr), _index(op, "src", src))
+    kernel = _kernel or _ops().fused_edge_message
+    return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
+                  _index(op, "src", src))

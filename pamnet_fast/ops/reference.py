@@ -70,16 +70,17 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, loop: bo
             dist = pair_distance(pos[c0:c1, None, :], pos_g[None, :, :])  # [chunk, n_g]
             mask = dist <= r_t
             if not loop:
-                local = torch.arange(c0, c1) - start
-                mask[torch.arange(c1 - c0), local] = False
-            for t in range(c1 - c0):
-                nbr = mask[t].nonzero().view(-1)
-                max_count = max(max_count, nbr.numel())
-                if 0 <= max_num_neighbors < nbr.numel() and truncate:
-                    keep = _nearest_first(dist[t, nbr], nbr)[:max_num_neighbors]
-                    nbr = nbr[keep].sort().values
-                rows.append(nbr + start)
-                cols.append(torch.full_like(nbr, c0 + t))
+                mask[torch.arange(c1 - c0), torch.arange(c0, c1) - start] = False
+            counts = mask.sum(1)
+            max_count = max(max_count, int(counts.max()))
+            if 0 <= max_num_neighbors < int(counts.max()) and truncate:
+                for t in (counts > max_num_neighbors).nonzero().view(-1).tolist():
+                    nbr = mask[t].nonzero().view(-1)
+                    drop = _nearest_first(dist[t, nbr], nbr)[max_num_neighbors:]
+                    mask[t, nbr[drop]] = False
+            t_idx, j_idx = mask.nonzero().unbind(1)  # row-major: by target, then source
+            rows.append(j_idx + start)
+            cols.append(t_idx + c0)
     if 0 <= max_num_neighbors < max_count and not truncate:
         raise ValueError(
             f"radius_graph: a node has {max_count} neighbors within r={r}, more than "

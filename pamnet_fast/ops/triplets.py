@@ -24,7 +24,8 @@ class Triplets(NamedTuple):
     one_hop_ptr: Tensor
 
 
-def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = False) -> Triplets:
+def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = False,
+             _kernel=None) -> Triplets:
     r"""Enumerate the angle triplets of a target-sorted edge list.
 
     two-hop: every pair of edges :math:`(k \to j, j \to i)` with :math:`k \ne i` (DimeNet's triplets);
@@ -38,7 +39,8 @@ def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = F
         num_nodes: number of nodes N.
     """
     checks.index("triplets", "edge_index", edge_index, dim=2)
-    return Triplets(*_ops().triplets(edge_index.long().contiguous(), num_nodes, include_self_pairs))
+    kernel = _kernel or _ops().triplets
+    return Triplets(*kernel(edge_index.long().contiguous(), num_nodes, include_self_pairs))
 
 
 def triplet_angles(pos: Tensor, edge_index: Tensor, trip: Triplets, *, supplement: bool = False

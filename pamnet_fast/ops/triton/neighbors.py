@@ -29,14 +29,15 @@ Exactness and FMA
 -----------------
 Distances are ``sqrt((dx*dx + dy*dy) + dz*dz)`` with ``d = pos_j - pos_i`` in the dtype of ``pos``,
 compared ``<= r`` with ``r`` rounded to that dtype, like :func:`pamnet_fast.ops.reference.pair_distance`.
-On a GPU two things could make the result differ from the CPU's in the last bit, which matters only
-for pairs within ~1 ulp of ``r``: (1) contraction of ``dx*dx + dy*dy`` into an FMA, which Triton does
-by default; these kernels are launched with ``enable_fp_fusion=False`` (LLVM contraction off and
-``ptxas --fmad=false``), so every multiply and add is rounded separately, as on the CPU; (2) the fast
-``sqrt.approx.f32``: float32 uses ``tl.sqrt_rn`` (IEEE round-to-nearest; float64 ``sqrt`` is always
-IEEE). With both, the GPU edge set is the CPU's edge set bit for bit. If a Triton version ignored
-``enable_fp_fusion``, the GPU could differ from the CPU only for pairs within ~1 ulp of ``r``.
-(Verified here under the interpreter only; no GPU was available when this was written.)
+Compiled for a GPU, two things could make a distance differ from the CPU's in the last bit (which
+matters only for pairs within ~1 ulp of ``r``): (1) Triton contracts ``dx*dx + dy*dy`` into an FMA by
+default (``enable_fp_fusion``, default on in Triton 3.9); (2) ``tl.sqrt`` is ``sqrt.approx.f32``. So
+these kernels are launched with ``enable_fp_fusion=False`` (no LLVM contraction, ``ptxas --fmad=false``)
+and float32 uses ``tl.sqrt_rn`` (IEEE round-to-nearest; float64 ``sqrt`` is always IEEE). Compiling
+for sm_90 without a GPU shows the effect: 32 ``fma.rn`` in the PTX with fusion on, none with it off,
+and ``sqrt.rn.f32``/``sqrt.rn.f64`` (``tests/test_triton.py`` checks this). Every operation is then
+rounded as on the CPU and the GPU edge set equals the CPU's bit for bit. (Correctness was established
+under the interpreter and by compiling to PTX; no GPU run was available when this was written.)
 """
 from __future__ import annotations
 
