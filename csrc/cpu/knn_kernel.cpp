@@ -4,9 +4,9 @@
 // then source (not by distance), with a CSR pointer over targets.
 //
 // Algorithm. A cell list (cell_list.h) sized for a few atoms per cell. Each target visits shells of cells
-// around its own (Chebyshev distance 0, 1, 2, ... in cells), keeping the k best candidates (a buffer cut by nth_element),
-// and stops once a lower bound on the distance of every unvisited atom is strictly above the k-th best
-// (strictly: an unvisited atom at the same distance with a smaller index would win the tie) or above r.
+// around its own (Chebyshev distance 0, 1, 2, ... in cells), keeping the k best candidates, and stops once
+// a lower bound on the distance of every unvisited atom is strictly above the k-th best (strictly: an
+// unvisited atom at the same distance with a smaller index would win the tie) or above r.
 // Without r every target has exactly min(k, n_g - 1) (or n_g with loops) sources, so the pointer is known
 // and one pass writes the output; with r a first pass counts.
 #include "cpu/cell_list.h"
@@ -78,15 +78,23 @@ struct KnnSearch {
     if (has_r) limit2 = limit * limit * (1 + 1e-6) + 1e-300;
     const scalar_t *x = cells.x.data(), *y = cells.y.data(), *z = cells.z.data();
     const int64_t* index = cells.index.data();
+    constexpr int64_t kChunk = 64;
+    scalar_t d2[kChunk];
     auto scan = [&](int64_t cell0, int64_t cell1) {
       const int64_t end = cells.cell_start[cell1 + 1];
-      for (int64_t s = cells.cell_start[cell0]; s < end; ++s) {
-        const scalar_t dx = x[s] - p[0], dy = y[s] - p[1], dz = z[s] - p[2];
-        const scalar_t d2 = dx * dx + dy * dy + dz * dz;
-        if (static_cast<double>(d2) > limit2) continue;
-        const scalar_t d = std::sqrt(d2);
-        if ((!loop && index[s] == i) || (has_r && !(d <= r))) continue;
-        best.emplace_back(d, index[s]);
+      for (int64_t s0 = cells.cell_start[cell0]; s0 < end; s0 += kChunk) {
+        // Squared distances of a chunk (vectorized), then the screen.
+        const int64_t len = std::min(end - s0, kChunk);
+        for (int64_t t = 0; t < len; ++t) {
+          const scalar_t dx = x[s0 + t] - p[0], dy = y[s0 + t] - p[1], dz = z[s0 + t] - p[2];
+          d2[t] = dx * dx + dy * dy + dz * dz;
+        }
+        for (int64_t t = 0; t < len; ++t) {
+          if (static_cast<double>(d2[t]) > limit2) continue;
+          const scalar_t d = std::sqrt(d2[t]);
+          if ((!loop && index[s0 + t] == i) || (has_r && !(d <= r))) continue;
+          best.emplace_back(d, index[s0 + t]);
+        }
       }
       if (static_cast<int64_t>(best.size()) >= 2 * cap + 64) cut();
     };

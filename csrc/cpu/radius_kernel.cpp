@@ -2,16 +2,16 @@
 // pos_i evaluated in the input dtype exactly as pamnet_fast/ops/reference.py does, sorted by target then
 // source, with a CSR pointer over targets.
 //
-// Algorithm. A cell list (cell_list.h) with cells a little wider than r, so every neighbor of an atom lies in
-// the 27 cells around it. The neighbor relation is symmetric (the distance of i to j and of j to i are the
-// same bits), which gives the output order for free: visiting the sources j in ascending order and appending
-// j to the list of each of its neighbors i leaves every list sorted, with no per-target sort. Threads take
-// contiguous blocks of sources, so target i's list is the concatenation of the parts written by blocks 0, 1,
-// ...; a first pass counts the part of every (block, target), which fixes where each block writes, and a
-// second pass writes. Deterministic, no atomics, output allocated once.
+// Algorithm. A cell list (cell_list.h); the neighbors of an atom are searched in the rows of cells that
+// meet the ball of radius r around it. The neighbor relation is symmetric (the distances of i to j and of j
+// to i are the same bits), which gives the output order for free: visiting the sources j in ascending order
+// and appending j to the list of each of its neighbors i leaves every list sorted, with no per-target sort.
+// Threads take contiguous blocks of sources, so the list of target i is the concatenation of the parts
+// written by blocks 0, 1, ...; a first pass counts the part of every (block, target), which fixes where
+// each block writes, and a second pass writes. Deterministic, no atomics, output allocated once.
 //
-// max_num_neighbors with truncate: targets over the limit are filled separately, by sorting their candidates
-// by (distance, source) as the reference does.
+// max_num_neighbors with truncate: the targets over the limit are filled apart, keeping the nearest by
+// (distance, source) as the reference does.
 #include "cpu/cell_list.h"
 #include "cpu/kernels.h"
 
@@ -24,17 +24,16 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
-#include <chrono>  // PROFILE
-#define PROF(name) if (std::getenv("NBR_PROF")) { auto now = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.2f ms\n", name, std::chrono::duration<double, std::milli>(now - prof_t).count()); prof_t = now; }  // PROFILE
 
 namespace pamnet_fast {
 namespace cpu {
 namespace {
 
+// Cells are reach wide along y and z but thinner along x, down to reach / kSlicesX (see radius_impl).
 constexpr double kSlicesX = 8;
 
 // Largest s with sqrt(s) <= r in scalar_t. The correctly rounded sqrt is monotone, so `sqrt(s) <= r` iff
@@ -142,8 +141,7 @@ struct RadiusSearch {
     return m;
   }
 
-  // All the slots within r of atom i (itself included) into out (room for the atoms of its graph); returns
-  // their number.
+  // Writes to out the slots within r of atom i (itself included); returns their number.
   int64_t neighbors(int64_t i, int64_t* out) const {
     int64_t m = 0;
     for_each_row(i, [&](int64_t c0, int64_t c1) {
@@ -164,13 +162,12 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
 
   // The float32 distance of a pair within r can exceed its true separation by a few ulps, or by up to
   // ~1e-22 when the squares underflow; reach covers both with a wide margin.
-  auto prof_t = std::chrono::steady_clock::now();  // PROFILE
   const scalar_t r_s = static_cast<scalar_t>(r);
   const double tiny = sizeof(scalar_t) == 4 ? 1e-20 : 1e-150;
   const double reach = static_cast<double>(r_s) * (1 + 1e-5) + tiny;
   // Cells reach wide along y and z (wider when sparse: at most ~2 cells per atom), and thinner along x, down
-  // to reach / kSlicesX: the x-range of each row is trimmed to the ball at no cost, since a row is one run of
-  // slots whatever its number of cells. This halves the candidates of cubic cells.
+  // to reach / kSlicesX: the x-range of each row is then trimmed close to the ball at no cost, since a row is
+  // one run of slots whatever its number of cells (a third fewer candidates than cubic cells on proteins).
   const CellList<scalar_t> cells =
       build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
         const double max_cells = 2.0 * atoms + 8;
@@ -182,7 +179,6 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
       });
   const std::vector<int64_t> graph_of = node_graph(batch_ptr, num_graphs);
   const RadiusSearch<scalar_t> search{cells, graph_of, pos, squared_threshold(r_s), reach};
-  PROF("build")
   const int64_t* index = cells.index.data();
   const int64_t* cell_start = cells.cell_start.data();
 
@@ -212,7 +208,6 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
     }
   });
 
-  PROF("count")
   std::vector<int64_t> total(n, 0);
   at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
     for (int64_t b = 0; b < blocks; ++b)
@@ -254,13 +249,12 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
     }
   });
 
-  PROF("scan+alloc")
   // Pass 2: each block takes its sources in ascending order and appends them to their targets' lists.
-  int64_t max_graph = 0;
-  for (int64_t g = 0; g < num_graphs; ++g) max_graph = std::max(max_graph, batch_ptr[g + 1] - batch_ptr[g]);
+  // Symmetry again: an atom has at most max_count + 1 atoms within r, itself included.
+  const int64_t max_hits = max_count + 1;
   auto fill = [&](auto skip_truncated) {
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<int64_t> hits(max_graph);
+      std::vector<int64_t> hits(max_hits);
       // Local copies: the compiler cannot tell that the stores to out leave them unchanged.
       int64_t* const out = src;
       const int64_t* const slot_index = index;
@@ -284,14 +278,13 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
     fill(std::false_type{});
   }
 
-  PROF("fill")
   if (over) {
     // Truncated targets: the max_num_neighbors nearest by (distance, source), then by source.
     std::vector<int64_t> cut;
     for (int64_t i = 0; i < n; ++i)
       if (total[i] > max_num_neighbors) cut.push_back(i);
     at::parallel_for(0, static_cast<int64_t>(cut.size()), 16, [&](int64_t t0, int64_t t1) {
-      std::vector<int64_t> hits(max_graph);
+      std::vector<int64_t> hits(max_hits);
       std::vector<std::pair<scalar_t, int64_t>> cand;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t i = cut[t];
