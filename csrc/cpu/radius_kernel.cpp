@@ -120,8 +120,8 @@ struct RadiusSearch {
     return c;
   }
 
-  // Writes to out the slots in [s0, s1) within r of p, in slot order, and returns their number. Chunks of
-  // squared distances (vectorized), then a branch-free compaction of the hits.
+  // Writes to out the slots in [s0, s1) within r of p, in slot order, and returns their number m; out[m]
+  // may be overwritten. Chunks of squared distances (vectorized), then a branch-free compaction.
   int64_t collect(const scalar_t* p, int64_t s0, int64_t s1, int64_t* out) const {
     constexpr int64_t kChunk = 64;
     scalar_t d2[kChunk];
@@ -250,8 +250,9 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   });
 
   // Pass 2: each block takes its sources in ascending order and appends them to their targets' lists.
-  // Symmetry again: an atom has at most max_count + 1 atoms within r, itself included.
-  const int64_t max_hits = max_count + 1;
+  // Symmetry again: an atom has at most max_count + 1 atoms within r, itself included; collect() may write
+  // one slot past its hits.
+  const int64_t max_hits = max_count + 2;
   auto fill = [&](auto skip_truncated) {
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       std::vector<int64_t> hits(max_hits);

@@ -69,9 +69,10 @@ class LocalMessagePassing(PlexLayer):
         res_x = x
         h = self.mlp_x1(x)
         m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
-        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, maybe_checkpoint(self, self.mlp_sbf, sbf2), trip.two_hop_ptr)
-        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, maybe_checkpoint(self, self.mlp_sbf, sbf1),
-                                                   trip.one_hop_ptr)
+        a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2)
+        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1)
+        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, a2, trip.two_hop_ptr)
+        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
         h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
         return self.update_and_output(h, res_x)
@@ -106,7 +107,8 @@ class LocalMessagePassingS(PlexLayer):
         res_x = x
         h = self.mlp_x1(x)
         m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
-        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, maybe_checkpoint(self, self.mlp_sbf, sbf), trip.one_hop_ptr)
+        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
+        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
         h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
         return self.update_and_output(h, res_x)
