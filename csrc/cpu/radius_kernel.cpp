@@ -35,6 +35,9 @@ namespace {
 
 // Cells are reach wide along y and z but thinner along x, down to reach / kSlicesX (see radius_impl).
 constexpr double kSlicesX = 8;
+#ifndef KYZ
+#define KYZ 2.0
+#endif
 
 // Largest s with sqrt(s) <= r in scalar_t. The correctly rounded sqrt is monotone, so `sqrt(s) <= r` iff
 // `s <= threshold`, bit for bit; the inner loops compare squared distances and never take a sqrt.
@@ -171,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   const CellList<scalar_t> cells =
       build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
         const double max_cells = 2.0 * atoms + 8;
-        const double h = edge_for(ext, reach, max_cells);
+        const double h = edge_for(ext, reach, KYZ * atoms + 8);
         const double rows = (std::floor(ext[1] / h) + 1) * (std::floor(ext[2] / h) + 1);
         const double nx = std::floor(max_cells / rows);
         edge[0] = nx >= 2 ? std::min(h, std::max(h / kSlicesX, ext[0] / (nx - 1) * (1 + 1e-9))) : h;
