@@ -30,19 +30,21 @@ struct Grid {
     return offset + (cz * dims[1] + cy) * dims[0] + cx;
   }
   // Cell along axis a of the local coordinate t, clamped: huge values cannot overflow, and the top face of
-  // the box lands in the last cell. Monotone in t. (Truncation is floor on the positive range; it is much
-  // cheaper than std::floor without SSE4.1.)
+  // the box lands in the last cell. Monotone in t. Branch-free (max, min, truncation, which is floor on the
+  // positive range): these run for every row of cells searched, with unpredictable outcomes.
   int64_t cell(double t, int a) const {
-    const double c = t * inv_edge[a];
-    if (!(c > 0)) return 0;
-    return c < static_cast<double>(dims[a] - 1) ? static_cast<int64_t>(c) : dims[a] - 1;
+    double c = t * inv_edge[a];
+    c = c > 0 ? c : 0.0;  // NaN (0 * inf) too
+    const double top = static_cast<double>(dims[a] - 1);
+    return static_cast<int64_t>(c < top ? c : top);
   }
   // Lower bound on the distance along axis a from local coordinate t to the atoms of cell c.
   double gap(double t, int64_t c, int a) const {
     if (dims[a] == 1) return 0;
     const double lo = static_cast<double>(c) * edge[a] - slack[a];
     const double hi = static_cast<double>(c + 1) * edge[a] + slack[a];
-    return t < lo ? lo - t : (t > hi ? t - hi : 0.0);
+    const double d = lo - t > t - hi ? lo - t : t - hi;
+    return d > 0 ? d : 0.0;
   }
 };
 

@@ -26,6 +26,8 @@ namespace pamnet_fast {
 namespace cpu {
 namespace {
 
+constexpr int64_t kBruteForce = 32;  // atoms
+
 template <typename scalar_t>
 struct KnnSearch {
   using Candidate = std::pair<scalar_t, int64_t>;  // (distance, source): the reference's order
@@ -99,8 +101,8 @@ struct KnnSearch {
       if (static_cast<int64_t>(best.size()) >= 2 * cap + 64) cut();
     };
 
-    const int64_t last_shell =
-        std::max({c[0], grid.dims[0] - 1 - c[0], c[1], grid.dims[1] - 1 - c[1], c[2], grid.dims[2] - 1 - c[2]});
+    int64_t last_shell = 0;  // the shell that reaches the farthest cell of the grid
+    for (int a = 0; a < 3; ++a) last_shell = std::max({last_shell, c[a], grid.dims[a] - 1 - c[a]});
     for (int64_t s = 0;; ++s) {
       // Shell s: the cells whose largest offset is s. Full x-rows on its top/bottom/front/back faces, the
       // two end cells elsewhere. Rows already farther than the limit are skipped.
@@ -142,13 +144,14 @@ std::tuple<at::Tensor, at::Tensor> knn_impl(const at::Tensor& pos_t, int64_t k,
   const int64_t* batch_ptr = batch_ptr_t.data_ptr<int64_t>();
   const scalar_t r_s = static_cast<scalar_t>(has_r ? r : 0.0);
 
-  // About max(2, k / 4) atoms per cell: the k nearest then mostly lie within the first two shells. With a
-  // small r, cells about r wide instead (never more than ~2 per atom).
+  // About max(2, k / 4) atoms per cell: the k nearest then mostly lie within the first two shells. Small
+  // graphs get one cell (brute force beats visiting cells); with a small r, cells about r wide instead (never
+  // more than ~2 per atom).
   const double per_cell = std::max<double>(2.0, static_cast<double>(k) / 4);
   const double reach = static_cast<double>(r_s) * (1 + 1e-5);
   const CellList<scalar_t> cells =
       build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
-        const double dense = edge_for(ext, 0.0, std::max(1.0, atoms / per_cell));
+        const double dense = edge_for(ext, 0.0, atoms <= kBruteForce ? 1.0 : atoms / per_cell);
         edge[0] = edge[1] = edge[2] = has_r && reach < dense ? edge_for(ext, reach, 2.0 * atoms + 8) : dense;
       });
   const std::vector<int64_t> graph_of = node_graph(batch_ptr, num_graphs);

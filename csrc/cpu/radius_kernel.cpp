@@ -35,9 +35,6 @@ namespace {
 
 // Cells are reach wide along y and z but thinner along x, down to reach / kSlicesX (see radius_impl).
 constexpr double kSlicesX = 8;
-#ifndef KYZ
-#define KYZ 2.0
-#endif
 
 // Largest s with sqrt(s) <= r in scalar_t. The correctly rounded sqrt is monotone, so `sqrt(s) <= r` iff
 // `s <= threshold`, bit for bit; the inner loops compare squared distances and never take a sqrt.
@@ -168,13 +165,15 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   const scalar_t r_s = static_cast<scalar_t>(r);
   const double tiny = sizeof(scalar_t) == 4 ? 1e-20 : 1e-150;
   const double reach = static_cast<double>(r_s) * (1 + 1e-5) + tiny;
-  // Cells reach wide along y and z (wider when sparse: at most ~2 cells per atom), and thinner along x, down
-  // to reach / kSlicesX: the x-range of each row is then trimmed close to the ball at no cost, since a row is
+  // Cells reach wide along y and z, or wider in sparse graphs (each row of cells costs about as much as
+  // screening a few tens of atoms: ~4 atoms per reach-wide cube at least), and thinner along x, down to
+  // reach / kSlicesX: the x-range of each row is then trimmed close to the ball at no cost, since a row is
   // one run of slots whatever its number of cells (a third fewer candidates than cubic cells on proteins).
+  // At most ~2 cells per atom in all.
   const CellList<scalar_t> cells =
       build_cell_list(pos, batch_ptr, num_graphs, [&](const double ext[3], int64_t atoms, double edge[3]) {
         const double max_cells = 2.0 * atoms + 8;
-        const double h = edge_for(ext, reach, KYZ * atoms + 8);
+        const double h = edge_for(ext, reach, 0.25 * atoms + 1);
         const double rows = (std::floor(ext[1] / h) + 1) * (std::floor(ext[2] / h) + 1);
         const double nx = std::floor(max_cells / rows);
         edge[0] = nx >= 2 ? std::min(h, std::max(h / kSlicesX, ext[0] / (nx - 1) * (1 + 1e-9))) : h;
@@ -190,11 +189,13 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
   const int64_t block_size = std::max<int64_t>(1, (n + blocks - 1) / blocks);
 
   // Pass 1, by target in cell order: count[b * n + i] = number of sources of target i in block b. Rows of
-  // slots are cut where the block changes (rarely: nearby atoms tend to have nearby indices); same_block[s]
-  // is the end of the run of slots from s whose atoms are all in the block of slot s.
-  std::vector<int64_t> same_block(n);
-  for (int64_t s = n - 1; s >= 0; --s)
-    same_block[s] = s + 1 < n && index[s + 1] / block_size == index[s] / block_size ? same_block[s + 1] : s + 1;
+  // slots are cut where the block changes (rarely: nearby atoms tend to have nearby indices); block[s] is
+  // the block of slot s, same_block[s] the end of the run of slots from s in that block.
+  std::vector<int64_t> block(n), same_block(n);
+  for (int64_t s = n - 1; s >= 0; --s) {
+    block[s] = index[s] / block_size;
+    same_block[s] = s + 1 < n && block[s + 1] == block[s] ? same_block[s + 1] : s + 1;
+  }
   std::vector<int64_t> count(blocks * n, 0);
   at::parallel_for(0, n, 256, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
@@ -203,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> radius_impl(const at::Tensor& pos_t, double r
       search.for_each_row(i, [&](int64_t c0, int64_t c1) {
         for (int64_t s = cell_start[c0], end = cell_start[c1 + 1]; s < end;) {
           const int64_t e = std::min(same_block[s], end);
-          count[index[s] / block_size * n + i] += search.count(p, s, e);
+          count[block[s] * n + i] += search.count(p, s, e);
           s = e;
         }
       });
