@@ -238,7 +238,6 @@ def _ops():
 
 def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*[t for t in inputs if isinstance(t, Tensor)])
-    ctx.scalars = [t for t in inputs if not isinstance(t, Tensor)]
 
 
 def _segment_gather_mul_bwd(ctx, grad):
