@@ -20,8 +20,9 @@ def close(a, b, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# The last shape's [S, F] outputs (10 MB) take the huge-page path of csrc/cpu/output_buffer.h.
 @pytest.mark.parametrize("R_,M,S,F", [(0, 0, 0, 4), (1, 1, 0, 3), (5, 3, 1, 1), (50, 40, 300, 7),
-                                      (300, 1000, 5000, 128)])
+                                      (300, 1000, 5000, 128), (1500, 1000, 40000, 64)])
 def test_segment_gather_mul_forward_backward(dtype, R_, M, S, F):
     src, ptr = random_csr(R_, M, S, G)
     a, b = rand(M, F, dtype=dtype).requires_grad_(), rand(S, F, dtype=dtype).requires_grad_()
@@ -47,7 +48,8 @@ def test_segment_gather_mul_int32_noncontiguous_and_gradcheck():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("N,E,F", [(0, 0, 3), (1, 0, 2), (4, 1, 1), (60, 500, 9), (500, 8000, 128)])
+@pytest.mark.parametrize("N,E,F", [(0, 0, 3), (1, 0, 2), (4, 1, 1), (60, 500, 9), (500, 8000, 128),
+                                   (1500, 40000, 64)])
 def test_fused_edge_message_forward_backward(dtype, N, E, F):
     src, ptr = random_csr(N, N, E, G)
     tensors = [rand(N, F, dtype=dtype), rand(N, F, dtype=dtype), rand(E, F, dtype=dtype) * 3,

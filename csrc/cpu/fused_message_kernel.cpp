@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/output_buffer.h"
 #include "cpu/vec_math.h"
 
 namespace pamnet_fast {
@@ -110,44 +111,18 @@ PAMNET_FAST_VECTOR_CLONES void gather_sum_rows_f(float* out, const float* x, con
   gather_sum_rows(out, x, perm, tptr, b, e, F);
 }
 
-void run_forward(float* out, const float* p, const float* q, const float* r, const float* s,
-                 const int64_t* ptr, const int64_t* src, int64_t b, int64_t e, int64_t F) {
-  forward_rows_f(out, p, q, r, s, ptr, src, b, e, F);
-}
-void run_forward(double* out, const double* p, const double* q, const double* r, const double* s,
-                 const int64_t* ptr, const int64_t* src, int64_t b, int64_t e, int64_t F) {
-  forward_rows(out, p, q, r, s, ptr, src, b, e, F);
-}
-void run_backward(const float* go, const float* p, const float* q, const float* r, const float* s,
-                  const int64_t* ptr, const int64_t* src, float* gh, float* gs, float* gp, int64_t b,
-                  int64_t e, int64_t F) {
-  backward_rows_f(go, p, q, r, s, ptr, src, gh, gs, gp, b, e, F);
-}
-void run_backward(const double* go, const double* p, const double* q, const double* r,
-                  const double* s, const int64_t* ptr, const int64_t* src, double* gh, double* gs,
-                  double* gp, int64_t b, int64_t e, int64_t F) {
-  backward_rows(go, p, q, r, s, ptr, src, gh, gs, gp, b, e, F);
-}
-void run_gather_sum(float* out, const float* x, const int64_t* perm, const int64_t* tptr, int64_t b,
-                    int64_t e, int64_t F) {
-  gather_sum_rows_f(out, x, perm, tptr, b, e, F);
-}
-void run_gather_sum(double* out, const double* x, const int64_t* perm, const int64_t* tptr, int64_t b,
-                    int64_t e, int64_t F) {
-  gather_sum_rows(out, x, perm, tptr, b, e, F);
-}
-
 }  // namespace
 
 at::Tensor fused_edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
                                      const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src) {
   const int64_t N = ptr.numel() - 1, F = p.size(1), E = r.size(0);
-  auto out = at::empty({N, F}, p.options());
+  auto out = empty_output({N, F}, p.options());
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fused_edge_message", [&] {
     at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
-      run_forward(out.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
-                  r.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
-                  src.data_ptr<int64_t>(), begin, end, F);
+      call_for<scalar_t>(forward_rows_f, forward_rows<double>, out.data_ptr<scalar_t>(),
+                         p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                         s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
+                         begin, end, F);
     });
   });
   return out;
@@ -159,20 +134,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
   const int64_t N = ptr.numel() - 1, F = p.size(1), E = r.size(0), M = q.size(0);
   const bool need_p = mask[0], need_q = mask[1], need_r = mask[2], need_s = mask[3];
   auto none = at::empty({0}, p.options());
-  at::Tensor grad_p = need_p ? at::empty_like(p) : none;
-  at::Tensor grad_s = need_s ? at::empty_like(s) : none;
+  at::Tensor grad_p = need_p ? empty_output_like(p) : none;
+  at::Tensor grad_s = need_s ? empty_output_like(s) : none;
   // d out / d h is the gradient of r, and what the gradient of q sums over the edges of each source.
-  at::Tensor grad_h = (need_r || need_q) ? at::empty_like(r) : none;
-  at::Tensor grad_q = need_q ? at::empty_like(q) : none;
+  at::Tensor grad_h = (need_r || need_q) ? empty_output_like(r) : none;
+  at::Tensor grad_q = need_q ? empty_output_like(q) : none;
   if (!(need_p || need_q || need_r || need_s)) return {none, none, none, none};
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "fused_edge_message_backward", [&] {
     scalar_t* gh = grad_h.numel() ? grad_h.data_ptr<scalar_t>() : nullptr;
     scalar_t* gs = need_s ? grad_s.data_ptr<scalar_t>() : nullptr;
     scalar_t* gp = need_p ? grad_p.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
-      run_backward(grad_out.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(),
-                   r.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(),
-                   src.data_ptr<int64_t>(), gh, gs, gp, begin, end, F);
+      call_for<scalar_t>(backward_rows_f, backward_rows<double>, grad_out.data_ptr<scalar_t>(),
+                         p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                         s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), gh,
+                         gs, gp, begin, end, F);
     });
     if (need_q) {
       auto [perm, tptr] = transpose_csr(src, M);
@@ -180,7 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
       const int64_t* tp = tptr.data_ptr<int64_t>();
       scalar_t* gq = grad_q.data_ptr<scalar_t>();
       at::parallel_for(0, M, grain_for(M, E, F), [&](int64_t begin, int64_t end) {
-        run_gather_sum(gq, gh, pm, tp, begin, end, F);
+        call_for<scalar_t>(gather_sum_rows_f, gather_sum_rows<double>, gq, gh, pm, tp, begin, end, F);
       });
     }
   });

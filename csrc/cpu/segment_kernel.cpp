@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/kernels.h"
+#include "cpu/output_buffer.h"
 #include "cpu/vec_math.h"
 
 namespace pamnet_fast {
@@ -55,14 +56,6 @@ PAMNET_FAST_VECTOR_CLONES void gather_mul_sum_d(double* out, const double* x, co
   gather_mul_sum(out, x, xi, y, yi, ptr, b, e, F);
 }
 
-inline void gather_mul_sum_any(float* out, const float* x, const int64_t* xi, const float* y,
-                               const int64_t* yi, const int64_t* ptr, int64_t b, int64_t e, int64_t F) {
-  gather_mul_sum_f(out, x, xi, y, yi, ptr, b, e, F);
-}
-inline void gather_mul_sum_any(double* out, const double* x, const int64_t* xi, const double* y,
-                               const int64_t* yi, const int64_t* ptr, int64_t b, int64_t e, int64_t F) {
-  gather_mul_sum_d(out, x, xi, y, yi, ptr, b, e, F);
-}
 
 // grad_b[s] = grad_out[r] * a[src[s]] for every entry s of row r.
 template <typename scalar_t>
@@ -82,14 +75,6 @@ PAMNET_FAST_VECTOR_CLONES void expand_mul_d(double* gb, const double* go, const 
                                             const int64_t* src, const int64_t* ptr, int64_t b,
                                             int64_t e, int64_t F) {
   expand_mul(gb, go, a, src, ptr, b, e, F);
-}
-inline void expand_mul_any(float* gb, const float* go, const float* a, const int64_t* src,
-                           const int64_t* ptr, int64_t b, int64_t e, int64_t F) {
-  expand_mul_f(gb, go, a, src, ptr, b, e, F);
-}
-inline void expand_mul_any(double* gb, const double* go, const double* a, const int64_t* src,
-                           const int64_t* ptr, int64_t b, int64_t e, int64_t F) {
-  expand_mul_d(gb, go, a, src, ptr, b, e, F);
 }
 
 }  // namespace
@@ -131,7 +116,7 @@ at::Tensor segment_rows(const at::Tensor& ptr, int64_t entries) {
 at::Tensor segment_gather_mul_kernel(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
                                      const at::Tensor& ptr) {
   const int64_t R = ptr.numel() - 1, F = a.size(1), S = b.size(0);
-  auto out = at::empty({R, F}, a.options());
+  auto out = empty_output({R, F}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "segment_gather_mul", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* ap = a.data_ptr<scalar_t>();
@@ -139,7 +124,7 @@ at::Tensor segment_gather_mul_kernel(const at::Tensor& a, const at::Tensor& src,
     const int64_t* sp = src.data_ptr<int64_t>();
     const int64_t* pp = ptr.data_ptr<int64_t>();
     at::parallel_for(0, R, grain_for(R, S, F), [&](int64_t begin, int64_t end) {
-      gather_mul_sum_any(o, ap, sp, bp, nullptr, pp, begin, end, F);
+      call_for<scalar_t>(gather_mul_sum_f, gather_mul_sum_d, o, ap, sp, bp, nullptr, pp, begin, end, F);
     });
   });
   return out;
@@ -149,8 +134,8 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
     const at::Tensor& ptr, bool need_a, bool need_b) {
   const int64_t R = ptr.numel() - 1, F = a.size(1), S = b.size(0), M = a.size(0);
-  at::Tensor grad_a = need_a ? at::empty_like(a) : at::empty({0}, a.options());
-  at::Tensor grad_b = need_b ? at::empty_like(b) : at::empty({0}, b.options());
+  at::Tensor grad_a = need_a ? empty_output_like(a) : at::empty({0}, a.options());
+  at::Tensor grad_b = need_b ? empty_output_like(b) : at::empty({0}, b.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "segment_gather_mul_backward", [&] {
     const scalar_t* go = grad_out.data_ptr<scalar_t>();
     const scalar_t* ap = a.data_ptr<scalar_t>();
@@ -160,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward_kernel(
     if (need_b) {
       scalar_t* gb = grad_b.data_ptr<scalar_t>();
       at::parallel_for(0, R, grain_for(R, S, F), [&](int64_t begin, int64_t end) {
-        expand_mul_any(gb, go, ap, sp, pp, begin, end, F);
+        call_for<scalar_t>(expand_mul_f, expand_mul_d, gb, go, ap, sp, pp, begin, end, F);
       });
     }
     if (need_a) {
@@ -172,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward_kernel(
       const int64_t* pm = perm.data_ptr<int64_t>();
       const int64_t* tp = tptr.data_ptr<int64_t>();
       at::parallel_for(0, M, grain_for(M, S, F), [&](int64_t begin, int64_t end) {
-        gather_mul_sum_any(ga, go, rp, bp, pm, tp, begin, end, F);
+        call_for<scalar_t>(gather_mul_sum_f, gather_mul_sum_d, ga, go, rp, bp, pm, tp, begin, end, F);
       });
     }
   });

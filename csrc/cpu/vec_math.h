@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 // One build runs well on any x86-64: GCC compiles the marked functions once per ISA and picks the
 // best at load time.
@@ -17,6 +18,16 @@
 
 namespace pamnet_fast {
 namespace cpu {
+
+// Calls the float or the double version of a kernel (the cloned functions above cannot be templates).
+template <typename scalar_t, typename FloatFn, typename DoubleFn, typename... Args>
+inline void call_for(FloatFn float_fn, DoubleFn double_fn, Args... args) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    float_fn(args...);
+  } else {
+    double_fn(args...);
+  }
+}
 
 // Round to the nearest integer (|x| < 2^22) by adding and removing 1.5 * 2^23: plain float arithmetic
 // that vectorizes, where std::floor becomes a library call without -fno-trapping-math.
