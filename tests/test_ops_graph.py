@@ -111,13 +111,17 @@ def test_radius_truncate_keeps_nearest_with_index_ties():
     assert ei[0, ei[1] == 0].tolist() == [1, 2]
 
 
+def same_with_1_and_2_threads(build):
+    with num_threads(1):
+        one = build()
+    with num_threads(2):
+        two = build()
+    assert torch.equal(one, two)
+
+
 def test_radius_deterministic_across_threads():
     pos = clusters(3000, scale=6.0)
-    with num_threads(1):
-        one = ops.radius_graph(pos, 3.0)
-    with num_threads(2):
-        two = ops.radius_graph(pos, 3.0)
-    assert torch.equal(one, two)
+    same_with_1_and_2_threads(lambda: ops.radius_graph(pos, 3.0))
 
 
 def test_radius_return_dist_matches_pair_distance_and_is_differentiable():
@@ -152,11 +156,7 @@ def test_knn_ties_and_batches():
 
 def test_knn_deterministic_across_threads():
     pos = clusters(2000, scale=5.0)
-    with num_threads(1):
-        one = ops.knn_graph(pos, 16)
-    with num_threads(2):
-        two = ops.knn_graph(pos, 16)
-    assert torch.equal(one, two)
+    same_with_1_and_2_threads(lambda: ops.knn_graph(pos, 16))
 
 
 @pytest.fixture(scope="module")
