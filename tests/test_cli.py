@@ -85,15 +85,15 @@ def test_unknown_names_list_valid_ones(capsys):
     err = capsys.readouterr().err
     assert "mu" in err and "U0" in err and "cv" in err
     with pytest.raises(SystemExit):
-        cli.main(["train", "--model", "schnet"])
-    assert "valid models: pamnet, pamnet-s" in capsys.readouterr().err
+        cli.main(["train", "--model", "painn"])
+    assert "valid models: pamnet, pamnet-s, schnet, dimenet++" in capsys.readouterr().err
 
 
 def test_parse_duration_and_registry():
     assert cli.parse_duration("600") == 600 and cli.parse_duration("10m") == 600
     assert cli.parse_duration("1.5h") == 5400 and cli.parse_duration("30s") == 30
-    with pytest.raises(ValueError, match="valid models"):
-        cli.build_model("schnet")
+    with pytest.raises(ValueError, match="valid models: pamnet, pamnet-s, schnet, dimenet\\+\\+"):
+        cli.build_model("painn")
     m = cli.build_model("tiny", {"hidden": 8, "out_dim": 1, "max_z": 10})
     assert m.config.hidden == 8
 
@@ -103,3 +103,55 @@ def test_data_command_reports_bond_check(run, capsys):
     assert cli.main(["data"] + common) == 0
     text = capsys.readouterr().out
     assert "QM9: 300 molecules" in text and "disagree with SMILES on 0" in text
+
+
+# ---------------------------------------------------------------- baselines (PyG models on our ops)
+TINY_BASELINES = {
+    "schnet": {"hidden_channels": 16, "num_filters": 16, "num_interactions": 1, "num_gaussians": 10},
+    "dimenet++": {"hidden_channels": 16, "num_blocks": 1, "int_emb_size": 8, "basis_emb_size": 4,
+                  "out_emb_channels": 16, "num_spherical": 2, "num_radial": 2},
+}
+
+
+def test_baseline_names_map_to_paper_configs():
+    assert cli.default_model_config("dimenet++") == {
+        "hidden_channels": 128, "out_channels": 1, "num_blocks": 4, "int_emb_size": 64, "basis_emb_size": 8,
+        "out_emb_channels": 256, "num_spherical": 7, "num_radial": 6, "cutoff": 5.0, "envelope_exponent": 5,
+        "num_before_skip": 1, "num_after_skip": 2, "num_output_layers": 3}
+    m = cli.build_model("schnet")  # cheap to build, unlike DimeNet++ (sympy)
+    assert type(m).__name__ == "SchNetBaseline"
+    assert (m.net.hidden_channels, m.net.num_filters, m.net.num_interactions, m.net.num_gaussians,
+            m.net.cutoff) == (128, 128, 6, 50, 10.0)
+
+
+@pytest.mark.parametrize("name", TINY_BASELINES)
+def test_baseline_train_evaluate_predict(run, tmp_path, capsys, monkeypatch, name):
+    _, common = run
+    monkeypatch.setenv("PAMNET_FAST_CACHE", str(tmp_path / "cache"))  # DimeNet's sympy cache
+    out = tmp_path / name
+    overrides = json.dumps(TINY_BASELINES[name])
+    train = ["train", "--model", name, "--model-config", overrides, "--epochs", "1", "--batch-size", "32",
+             "--train-size", "64", "--out", str(out), "--quiet"] + common
+    assert cli.main(train) == 0
+    res = json.loads((out / "results.json").read_text())[0]
+    assert res["steps"] == 2 and res["test_n"] == 25 and res["test_mae"] == res["test_mae"]  # not NaN
+    model, st, _ = cli.load_trained(str(out))
+    assert st["model_name"] == name
+    assert st["model_config"] == {**cli.default_model_config(name), **TINY_BASELINES[name]}
+    assert model.config.to_dict() == st["model_config"]
+    capsys.readouterr()
+
+    assert cli.main(["evaluate", str(out)] + common) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"{name} U0 test MAE")
+    assert float(line.split("MAE:")[1].split()[0]) == pytest.approx(res["test_mae"], rel=1e-5)
+
+    assert cli.main(["predict", str(out)] + common) == 0
+    pred = [float(r["pred_U0"]) for r in csv.DictReader(open(out / "predictions_test.csv"))]
+    assert len(pred) == 25 and len(set(pred)) > 1  # trained: depends on the molecule
+
+    # the stored config is checked on resume
+    bigger = json.dumps({**TINY_BASELINES[name], "hidden_channels": 24})
+    from pamnet_fast.train.checkpoint import CheckpointMismatchError
+    with pytest.raises(CheckpointMismatchError, match="hidden_channels"):
+        cli.main(train[:4] + [bigger] + train[5:] + ["--resume"])

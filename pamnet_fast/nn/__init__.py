@@ -1,10 +1,12 @@
-"""PAMNet models on the fused ops: layers, bases, fusion, heads and the authors'-checkpoint loader."""
+"""PAMNet models on the fused ops: layers, bases, fusion, heads and the authors'-checkpoint loader;
+SchNet and DimeNet++ baselines (PyG's models on our ops)."""
 from .basis import BesselBasis, SphericalBasis
 from .global_mp import MLP, GlobalMessagePassing, Res
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 from .fusion import AttentionFusion, graph_mean, graph_sum, readout, signed_sum
 from .pamnet import Graphs, PAMNet, PAMNetConfig, PAMNetS, PAMNetState, build_graphs, sort_edges
 from .heads import DipoleHead, ProteinLigandHead, complex_batch
+from .baselines import DimeNetPlusPlusBaseline, DimeNetPlusPlusConfig, SchNetBaseline, SchNetConfig
 from .compat import load_reference_state_dict, reference_key_map, to_reference_state_dict
 
 __all__ = [
@@ -13,4 +15,5 @@ __all__ = [
     "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges",
     "DipoleHead", "ProteinLigandHead", "complex_batch", "load_reference_state_dict",
     "reference_key_map", "to_reference_state_dict",
+    "SchNetConfig", "SchNetBaseline", "DimeNetPlusPlusConfig", "DimeNetPlusPlusBaseline",
 ]
