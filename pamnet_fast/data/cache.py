@@ -13,17 +13,13 @@ from typing import Callable
 
 import torch
 
+from .._paths import default_cache_dir  # noqa: F401  (re-exported for the data modules)
+
 log = logging.getLogger(__name__)
 
 
 class CacheWarning(UserWarning):
     """A cache file was corrupt or stale and is being rebuilt."""
-
-
-def default_cache_dir(*parts: str) -> Path:
-    base = os.environ.get("PAMNET_FAST_CACHE")
-    root = Path(base).expanduser() if base else Path("~/.cache/pamnet_fast").expanduser()
-    return root.joinpath(*parts)
 
 
 def key_hash(key: dict) -> str:

@@ -152,7 +152,7 @@ _sympy_memo: dict = {}
 def _sympy_cache_path(kind: str, *args: int):
     import sympy
     import torch_geometric
-    from ..data.cache import default_cache_dir
+    from .._paths import default_cache_dir
     # The expressions depend on PyG's derivation code and sympy's object layout.
     name = f"{kind}_{'_'.join(map(str, args))}_pyg{torch_geometric.__version__}_sympy{sympy.__version__}.pkl"
     return default_cache_dir("dimenet") / name
