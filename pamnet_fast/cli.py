@@ -267,8 +267,8 @@ def cmd_train(args) -> int:
     say = (lambda m: None) if (args.quiet or info.rank != 0) else print
     if quick:
         say(f"quick run: {args.model} on {args.target}, budget {max_time / 60:.0f} min of training (after "
-            f"data loading and model set-up), train/val/test sizes {train_size}/{val_size}/{test_size}, lr {lr}, batch {batch} "
-            "(pass --epochs/--max-time for paper settings)")
+            f"data loading and model set-up), train/val/test sizes {train_size}/{val_size}/{test_size}, "
+            f"lr {lr}, batch {batch} (pass --epochs/--max-time for paper settings)")
     if info.rank == 0 and (out / "checkpoint.pt").exists() and not args.resume:
         say(f"note: {out}/checkpoint.pt exists and will be overwritten (use --resume to continue)")
 
