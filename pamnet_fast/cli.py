@@ -144,7 +144,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs (0: off)")
     t.add_argument("--checkpoint-every", type=int, default=500, help="checkpoint every N steps")
     t.add_argument("--grad-clip", type=float, default=1000.0)
-    t.add_argument("--no-standardize", action="store_true", help="do not standardize the target")
+    t.add_argument("--no-standardize", action="store_true", help="learn the raw target (no baseline, no scaling)")
+    t.add_argument("--no-element-ref", action="store_true",
+                   help="standardize with the training mean instead of a per-element linear baseline")
     t.add_argument("--out", default=None, help="output directory (default runs/<model>-<target>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
@@ -224,8 +226,8 @@ def load_trained(path: str, device: str = "cpu"):
 def _infer(model, dataset, st, device, batch_size):
     import torch
     from torch_geometric.loader import DataLoader
-    mean = st["norm"]["mean"].to(device)
-    std = st["norm"]["std"].to(device)
+    from .train.target_norm import TargetNormalizer
+    norm = TargetNormalizer.from_state_dict(st["norm"])
     ti = st["train_config"].get("target_index")
     rows = []
     with torch.no_grad():
@@ -233,7 +235,7 @@ def _infer(model, dataset, st, device, batch_size):
             b = b.to(device)
             out = model(b)
             out = out[:, None] if out.dim() == 1 else out
-            pred = out.double() * std + mean
+            pred = norm.denormalize(out, b)
             y = None
             if getattr(b, "y", None) is not None:
                 y = b.y if b.y.dim() == 2 else b.y[:, None]
@@ -289,7 +291,8 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, patience=args.patience or None,
                       max_time=max_time, checkpoint_every=args.checkpoint_every, seed=args.seed,
                       device=device, quiet=args.quiet, grad_clip=args.grad_clip or None,
-                      standardize=not args.no_standardize, target_index=target_index(args.target),
+                      standardize=not args.no_standardize, element_ref=not args.no_element_ref,
+                      target_index=target_index(args.target),
                       target_name=args.target, unit=TARGET_UNITS[args.target])
     meta = {"dataset": "qm9", "target": args.target, "split_seed": args.split_seed,
             "train_size": train_size, "val_size": val_size, "test_size": test_size, "limit": args.limit}
@@ -299,8 +302,10 @@ def cmd_train(args) -> int:
     res = trainer.fit(resume=args.resume)
     if info.rank == 0:
         u = TARGET_UNITS[args.target]
+        base = res.get("test_mae_element_baseline")
+        base = f" | per-element linear baseline: {base:.4g} {u}" if base is not None else ""
         print(f"{args.model} {args.target}: test MAE {res['test_mae']:.4g} {u} | predicting the training "
-              f"mean: {res.get('test_mae_train_mean', float('nan')):.4g} {u} | best val MAE "
+              f"mean: {res.get('test_mae_train_mean', float('nan')):.4g} {u}{base} | best val MAE "
               f"{res['best_val_mae']:.4g} {u} (epoch {res['best_epoch']}) | {res['steps']} steps, "
               f"stopped by {res['stop_reason']} after {time.time() - t_origin:.0f} s | outputs in {out}/")
     return 0

@@ -196,3 +196,13 @@ def test_stale_cache_is_rebuilt(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         QM9(tmp_path / "c", source_dir=fake)
+
+
+def test_compositions_fast_path_matches_items(small):
+    from pamnet_fast.train.target_norm import dataset_compositions
+    counts = small.compositions()
+    assert counts.shape == (len(small), 119)
+    for i in (0, 1, 77, len(small) - 1):
+        assert torch.equal(counts[i], torch.bincount(small[i].z, minlength=119).double())
+    sub = small[[5, 3, 400]]
+    assert torch.equal(dataset_compositions(sub), counts[torch.tensor([5, 3, 400])])

@@ -48,7 +48,9 @@ def _train(data, out=None, model_cfg=None, resume=False, **kw):
 
 
 def test_learns_and_writes_outputs(data, tmp_path):
-    tr, res = _train(data, tmp_path, epochs=6, plots=True)
+    # mean standardization: this synthetic target is mostly linear in the composition, which the
+    # element baseline would already fit before the first step (tested below)
+    tr, res = _train(data, tmp_path, epochs=6, plots=True, element_ref=False)
     h = tr.history
     assert [r["epoch"] for r in h] == list(range(1, 7))
     assert h[-1]["val_mae"] < 0.7 * h[0]["val_mae"]
@@ -65,6 +67,19 @@ def test_learns_and_writes_outputs(data, tmp_path):
               "best_state", "model_config", "norm"):
         assert k in st, k
     assert st["finished"] and st["model_config"] == {"hidden": 16, "out_dim": 1, "max_z": 10}
+
+
+def test_element_baseline_fits_composition_before_training(data):
+    # y = sum(z) + a geometric term: the per-element baseline alone removes sum(z)
+    tr, res = _train(data, epochs=2)
+    assert tr.norm.element_ref is not None
+    torch.testing.assert_close(tr.norm.element_ref[1:10, 0],
+                               torch.arange(1, 10, dtype=torch.float64) + tr.norm.element_ref[1, 0] - 1,
+                               rtol=0, atol=0.5)
+    assert res["test_mae_element_baseline"] < 0.5 * res["test_mae_train_mean"]
+    assert res["test_mae"] < res["test_mae_train_mean"]
+    plain, res_plain = _train(data, epochs=2, element_ref=False)
+    assert plain.norm.element_ref is None and "test_mae_element_baseline" not in res_plain
 
 
 def test_lr_schedule_warmup_and_decay(data):

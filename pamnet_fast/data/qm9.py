@@ -283,6 +283,14 @@ class QM9(torch.utils.data.Dataset):
         """All targets, float64 [num_molecules, 12]."""
         return self._y64
 
+    def compositions(self, num_elements: int = 119) -> torch.Tensor:
+        """Element counts of every molecule, ``[num_molecules, num_elements]`` (float64)."""
+        counts = torch.zeros(len(self), num_elements, dtype=torch.float64)
+        mol = torch.repeat_interleave(torch.arange(len(self)), self._atom_ptr.diff())
+        counts.index_put_((mol, self._z.long()), torch.ones(mol.numel(), dtype=torch.float64),
+                          accumulate=True)
+        return counts
+
     def split(self, seed: int = 42, train_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
         return split_indices(len(self), seed=seed, train_size=train_size)
 

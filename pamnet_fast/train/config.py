@@ -7,8 +7,8 @@ from typing import Optional
 
 @dataclass
 class TrainConfig:
-    """Defaults follow the PAMNet paper's QM9 settings (except ``standardize`` and EMA warm-up,
-    which only help short runs)."""
+    """Defaults follow the PAMNet paper's QM9 settings (except ``standardize``/``element_ref`` and EMA
+    warm-up, which only help short runs)."""
     epochs: int = 900
     batch_size: int = 32            # global batch (per-process batch = batch_size / world size)
     eval_batch_size: int = 128
@@ -21,7 +21,8 @@ class TrainConfig:
     ema_warmup: bool = True
     grad_clip: Optional[float] = 1000.0
     loss: str = "l1"                # "l1" | "mse"
-    standardize: bool = True        # model predicts (y - mean_train) / std_train
+    standardize: bool = True        # model predicts (y - baseline) / std of the residual (target_norm.py)
+    element_ref: bool = True        # baseline = per-element linear fit on the training set (else the mean)
     patience: Optional[int] = 100   # early stopping on val MAE, in epochs (None: off)
     max_time: Optional[float] = None  # seconds, counted from ``time_origin`` (see Trainer)
     checkpoint_every: int = 1000    # steps (0: only at epoch ends and at the end)

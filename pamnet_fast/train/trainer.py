@@ -21,6 +21,7 @@ from .checkpoint import (CheckpointMismatchError, check_compatible, get_rng_stat
                          model_config_of, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .ema import EMA
+from .target_norm import TargetNormalizer, dataset_compositions
 from .plots import plot_learning_curves, plot_parity, write_metrics, write_predictions
 
 
@@ -41,6 +42,12 @@ def dataset_targets(ds, target_index: Optional[int]) -> torch.Tensor:
     if target_index is not None:
         y = y[:, target_index:target_index + 1]
     return y
+
+
+def _baseline_note(res: dict, unit: str) -> str:
+    if "test_mae_element_baseline" not in res:
+        return ""
+    return f"; the per-element linear baseline alone: {res['test_mae_element_baseline']:.4g}{unit}"
 
 
 class Trainer:
@@ -120,15 +127,16 @@ class Trainer:
                             shuffle=False, num_workers=self.cfg.num_workers)
         was_training = module.training
         module.eval()
-        sums = torch.zeros(2, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64)  # |error|, count, |error| of the baseline alone
         rows = []
         pos = rng.start
         for batch in loader:
             batch = batch.to(self.device)
             y = self._target(batch).double()
-            pred = self._predict(module, batch).double() * self.std + self.mean
+            pred = self.norm.denormalize(self._predict(module, batch), batch)
             sums[0] += (pred - y).abs().sum().item()
             sums[1] += y.numel()
+            sums[2] += (self.norm.baseline(batch, y.device) - y).abs().sum().item()
             if return_predictions:
                 ids = batch.idx.tolist() if hasattr(batch, "idx") and batch.idx is not None else \
                     list(range(pos, pos + y.shape[0]))
@@ -137,7 +145,9 @@ class Trainer:
             pos += y.shape[0]
         module.train(was_training)
         sums = D.all_reduce_sum(sums, self.info)
-        out = {"mae": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan"), "n": int(sums[1]),
+        n = float(sums[1])
+        out = {"mae": float(sums[0]) / n if n > 0 else float("nan"), "n": int(n),
+               "mae_baseline": float(sums[2]) / n if n > 0 else float("nan"),
                "seconds": time.perf_counter() - t0}
         if return_predictions:
             allrows = [r for part in D.all_gather_objects(rows, self.info) for r in part]
@@ -157,7 +167,7 @@ class Trainer:
                         "global_batch": self.cfg.batch_size, "world_size": self.info.world_size},
             "accum": dict(self.accum), "best": dict(self.best), "best_state": self.best_state,
             "bad_epochs": self.bad_epochs, "history": list(self.history),
-            "norm": {"mean": self.mean, "std": self.std},
+            "norm": self.norm.state_dict(),
             "train_config": dataclasses.asdict(self.cfg), "finished": finished, "results": results,
         }
 
@@ -189,7 +199,7 @@ class Trainer:
         self.best_state = st["best_state"]
         self.bad_epochs = int(st["bad_epochs"])
         self.history = list(st["history"])
-        self.mean, self.std = st["norm"]["mean"], st["norm"]["std"]
+        self.norm = TargetNormalizer.from_state_dict(st["norm"])
         rngs = st["rng"]
         set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
         return st
@@ -220,12 +230,8 @@ class Trainer:
                                           if self.device.type == "cuda" else None)
         # target normalisation from the training set
         ytr = dataset_targets(self.train_set, cfg.target_index)
-        if cfg.standardize and ytr.shape[0] > 1:
-            self.mean, self.std = ytr.mean(0), ytr.std(0).clamp(min=1e-12)
-        else:
-            self.mean, self.std = torch.zeros(ytr.shape[1], dtype=torch.float64), \
-                torch.ones(ytr.shape[1], dtype=torch.float64)
-        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        comp = dataset_compositions(self.train_set) if cfg.standardize and cfg.element_ref else None
+        self.norm = TargetNormalizer.fit(ytr, comp, cfg.standardize, cfg.element_ref)
 
         sampler = D.ResumableBatchSampler(len(self.train_set), cfg.batch_size, info, seed=cfg.seed)
         spe = sampler.batches_per_epoch()
@@ -282,7 +288,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = batch.to(self.device)
                 y = self._target(batch)
-                yn = ((y.double() - self.mean) / self.std).to(y.dtype)
+                yn = self.norm.normalize(y, batch)
                 pred = self._predict(net, batch)
                 if pred.shape != yn.shape:
                     raise ValueError(f"model output shape {tuple(pred.shape)} does not match the "
@@ -300,7 +306,7 @@ class Trainer:
                 nb = y.numel()
                 lv = float(loss.detach())
                 self.accum["loss"] += lv * nb
-                self.accum["abs"] += float(((pred.detach().double() * self.std + self.mean)
+                self.accum["abs"] += float((self.norm.denormalize(pred.detach(), batch)
                                             - y.double()).abs().sum())
                 self.accum["n"] += nb
                 dt = time.perf_counter() - t0
@@ -389,7 +395,9 @@ class Trainer:
         res["test_n"] = test["n"]
         if test["n"]:
             yt = torch.tensor([r[2] for r in test["rows"]], dtype=torch.float64)
-            res["test_mae_train_mean"] = float((yt - self.mean.cpu()).abs().mean())
+            res["test_mae_train_mean"] = float((yt - self.norm.train_mean).abs().mean())
+            if self.norm.element_ref is not None:
+                res["test_mae_element_baseline"] = test["mae_baseline"]
         out = self.out_dir
         if self.info.is_main and out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -411,11 +419,11 @@ class Trainer:
             save_checkpoint({"kind": "model", "model_name": self.model_name, "model_config": self.model_config,
                              "meta": self.meta,
                              "model": {k: v.detach().cpu() for k, v in final.state_dict().items()},
-                             "norm": {"mean": self.mean.cpu(), "std": self.std.cpu()},
+                             "norm": self.norm.state_dict(),
                              "train_config": dataclasses.asdict(cfg), "results": res}, out / "model.pt")
         u = f" {cfg.unit}" if cfg.unit else ""
         if test["n"]:
             self.log(f"test MAE ({cfg.target_name}, EMA weights of best val epoch {self.best['epoch']}): "
                      f"{res['test_mae']:.4g}{u}  (predicting the training mean: "
-                     f"{res['test_mae_train_mean']:.4g}{u}); stopped by {stop_reason}")
+                     f"{res['test_mae_train_mean']:.4g}{u}{_baseline_note(res, u)}); stopped by {stop_reason}")
         return res
