@@ -155,10 +155,10 @@ def _fused_op_flop_formulas() -> dict:
         return b[0] * b[1] * (2 * bool(need_a) + bool(need_b))
 
     def fem(p, q, r, s, ptr, src, *args, out_shape=None, **kw):
-        return 8 * r[0] * r[1]
+        return 8 * src[0] * r[1]  # per edge (rows of r may be shared by edges)
 
     def fem_bwd(grad_out, p, q, r, s, ptr, src, *args, out_shape=None, **kw):
-        return 16 * r[0] * r[1]
+        return 16 * src[0] * r[1]
 
     for name, fn in (("segment_gather_mul", sgm), ("segment_gather_mul_backward", sgm_bwd),
                      ("fused_edge_message", fem), ("fused_edge_message_backward", fem_bwd)):

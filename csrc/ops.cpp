@@ -188,7 +188,8 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
 }
 
 at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src) {
+                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                              const std::optional<at::Tensor>& edge_row) {
   const char* op = "fused_edge_message";
   check_float(op, "p", p, 2);
   check_float(op, "q", q, 2);
@@ -201,25 +202,36 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
   check_features(op, "q", q, "p", p);
   check_features(op, "r", r, "p", p);
   check_features(op, "s", s, "p", p);
-  check_rows(op, "s", s, r.size(0), "the number of rows of r (edges)");
-  check_rows(op, "src", sr, r.size(0), "the number of rows of r (edges)");
-  auto pt = check_csr(op, "ptr", ptr, r.size(0));
+  check_rows(op, "s", s, r.size(0), "the number of rows of r");
+  std::optional<at::Tensor> er;
+  if (edge_row) {
+    // Edges share rows of r and s: edge e uses row edge_row[e].
+    er = check_index(op, "edge_row", *edge_row, 1);
+    check_range(op, "edge_row", *er, r.size(0));
+  }
+  const int64_t E = er ? er->numel() : r.size(0);
+  const char* edges = er ? "the number of edges (len(edge_row))" : "the number of rows of r (edges)";
+  check_rows(op, "src", sr, E, edges);
+  auto pt = check_csr(op, "ptr", ptr, E);
   check_rows(op, "p", p, pt.numel() - 1, "the number of targets (len(ptr) - 1)");
   check_range(op, "src", sr, q.size(0));
   return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
-                                        pt, sr);
+                                        pt, sr, er);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src, std::array<bool, 4> output_mask) {
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask) {
   const char* op = "fused_edge_message_backward";
   check_float(op, "grad_out", grad_out, 2);
   TORCH_CHECK_VALUE(grad_out.sizes() == p.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
                     ", expected ", p.sizes());
+  std::optional<at::Tensor> er;
+  if (edge_row) er = edge_row->to(at::kLong).contiguous();
   return cpu::fused_edge_message_backward_kernel(
       grad_out.to(p.scalar_type()).contiguous(), p.contiguous(), q.contiguous(), r.contiguous(),
-      s.contiguous(), ptr.to(at::kLong).contiguous(), src.to(at::kLong).contiguous(), output_mask);
+      s.contiguous(), ptr.to(at::kLong).contiguous(), src.to(at::kLong).contiguous(), er, output_mask);
 }
 
 namespace {

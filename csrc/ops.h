@@ -27,10 +27,12 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
                                                                const at::Tensor& ptr, bool need_a,
                                                                bool need_b);
 at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src);
+                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                              const std::optional<at::Tensor>& edge_row);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src, std::array<bool, 4> output_mask);
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask);
 at::Tensor bessel_basis(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
                         int64_t envelope_exponent);
 std::tuple<at::Tensor, at::Tensor> bessel_basis_backward(const at::Tensor& grad_out,

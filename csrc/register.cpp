@@ -22,9 +22,10 @@ TORCH_LIBRARY(pamnet_fast, m) {
   m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr) -> Tensor");
   m.def("segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, Tensor b, Tensor ptr, "
         "bool need_a, bool need_b) -> (Tensor, Tensor)");
-  m.def("fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src) -> Tensor");
+  m.def("fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src, "
+        "Tensor? edge_row=None) -> Tensor");
   m.def("fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, Tensor s, "
-        "Tensor ptr, Tensor src, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent) -> Tensor");
   m.def("bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, float cutoff, "
         "int envelope_exponent, bool need_dist, bool need_freq) -> (Tensor, Tensor)");

@@ -194,3 +194,28 @@ def test_compat_bases_follow_authors_formulas():
                 assert abs(float(out[t, l * 6 + n]) - val) <= 1e-9 * max(1.0, abs(val))
     # the default differs (p = 6 polynomial, no 1/x in the spherical basis)
     assert not torch.allclose(SphericalBasis(7, 6, 5.0, 5)(d, ang), out)
+
+
+def test_global_pairs_share_edge_terms():
+    from pamnet_fast import ops
+    from pamnet_fast.nn.pamnet import pair_rows
+    data = random_batch([9, 14, 6], seed=3)
+    ei = ops.radius_graph(data.pos, 5.0, data.batch)
+    pair, row = pair_rows(ei, data.num_nodes)
+    src, dst = ei
+    assert bool((src[pair] < dst[pair]).all()) and 2 * pair.numel() == ei.size(1)
+    # each edge and its reverse share a row, and that row's edge is one of the two
+    key = {(int(j), int(i)): e for e, (j, i) in enumerate(ei.t().tolist())}
+    for e, (j, i) in enumerate(ei.t().tolist()):
+        assert row[e] == row[key[(i, j)]]
+        assert int(pair[row[e]]) in (e, key[(i, j)])
+    # a kNN graph is not symmetric: no sharing
+    assert pair_rows(ops.knn_graph(data.pos, 3, data.batch), data.num_nodes) is None
+    # the model gives the same result with and without sharing
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.qm9(dim=32, n_layer=2)).double()
+    g = model.build_graphs(data)
+    assert g.edge_row_g is not None
+    shared = model.encode(data, g).node_out
+    per_edge = model.encode(data, g._replace(pair_g=None, edge_row_g=None)).node_out
+    assert rel_err(shared, per_edge) <= 1e-12

@@ -102,6 +102,8 @@ def test_segment_gather_mul_rejects_inconsistent_csr(change, exc, msg):
     (dict(src=torch.tensor([0, 2, 1, 9])), "outside"),
     (dict(s=torch.randn(5, 5)), "rows"),
     (dict(p=torch.randn(3, 5), ptr=torch.tensor([0, 3, 1, 4])), "non-decreasing"),
+    (dict(edge_row=torch.tensor([0, 1, 4, 2])), "edge_row.*outside"),
+    (dict(edge_row=torch.tensor([0, 1, 2])), "src has 4 rows"),
 ])
 def test_fused_edge_message_rejects_bad_input(change, msg):
     args = dict(p=torch.randn(2, 5), q=torch.randn(3, 5), r=torch.randn(4, 5), s=torch.randn(4, 5),

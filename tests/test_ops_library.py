@@ -49,6 +49,10 @@ def _samples():
                                torch.randn(20, 3, dtype=torch.float64, **rg), sptr),
         "fused_edge_message": tuple(torch.randn(n, 4, dtype=torch.float64, **rg) for n in (20, 20, e, e))
                               + (ptr, ei[0]),
+        # rows of r and s shared by edges (edge_row)
+        "fused_edge_message_shared_rows": tuple(torch.randn(n, 4, dtype=torch.float64, **rg)
+                                                for n in (20, 20, 5, 5))
+                                          + (ptr, ei[0], torch.arange(e) % 5),
         "bessel_basis": (d.clone().requires_grad_(), torch.arange(1.0, 5.0, dtype=torch.float64,
                                                                     **rg), 5.0, 5),
         "spherical_basis": (d.clone().requires_grad_(), ang.clone().requires_grad_(),
@@ -56,9 +60,9 @@ def _samples():
     }
 
 
-@pytest.mark.parametrize("name", library.FORWARD_OPS)
+@pytest.mark.parametrize("name", library.FORWARD_OPS + ("fused_edge_message_shared_rows",))
 def test_opcheck(name):
-    op = getattr(torch.ops.pamnet_fast, name)
+    op = getattr(torch.ops.pamnet_fast, name.replace("_shared_rows", ""))
     args = _samples()[name]
     tests = ["test_schema", "test_autograd_registration", "test_faketensor"]
     if name not in ("radius_graph", "knn_graph", "triplets"):

@@ -66,6 +66,38 @@ def test_fused_edge_message_forward_backward(dtype, N, E, F):
         close(x.grad, y.grad, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N,E,rows,F", [(1, 0, 0, 3), (4, 6, 1, 2), (60, 500, 37, 9),
+                                        (500, 8000, 4000, 128)])
+def test_fused_edge_message_shared_rows(dtype, N, E, rows, F):
+    src, ptr = random_csr(N, N, E, G)
+    row = torch.randint(0, max(rows, 1), (E,), generator=G)  # rows used by 0, 1 or several edges
+    tensors = [rand(N, F, dtype=dtype), rand(N, F, dtype=dtype), rand(rows, F, dtype=dtype) * 3,
+               rand(rows, F, dtype=dtype)]
+    mine = [t.clone().requires_grad_() for t in tensors]
+    ref_in = [t.clone().requires_grad_() for t in tensors]
+    out = ops.fused_edge_message(*mine, ptr, src, row.int())
+    ref = R.fused_edge_message(*ref_in, ptr, src, row)
+    close(out, ref, dtype)
+    g = rand(N, F, dtype=dtype)
+    out.backward(g)
+    ref.backward(g)
+    for x, y in zip(mine, ref_in):
+        assert x.grad.shape == y.shape
+        close(x.grad, y.grad, dtype)
+
+
+def test_fused_edge_message_shared_rows_gradcheck_and_pairs():
+    src, ptr = random_csr(7, 9, 30, G)
+    row = torch.randint(0, 11, (30,), generator=G)
+    inputs = [rand(n, 3, dtype=torch.float64).requires_grad_() for n in (7, 9, 11, 11)]
+    assert torch.autograd.gradcheck(lambda *x: ops.fused_edge_message(*x, ptr, src, row), inputs)
+    # sharing rows is the same as expanding them
+    p, q, r, s = (t.detach() for t in inputs)
+    close(ops.fused_edge_message(p, q, r, s, ptr, src, row),
+          ops.fused_edge_message(p, q, r[row], s[row], ptr, src), torch.float64)
+
+
 def test_fused_edge_message_gradcheck_and_partial_grads():
     src, ptr = random_csr(7, 9, 30, G)
     p, q = rand(7, 3, dtype=torch.float64), rand(9, 3, dtype=torch.float64)

@@ -307,11 +307,22 @@ def test_fused_edge_message(dtype, index_dtype):
     g = _randn(30, 10, dtype=dtype, seed=20)
     for mask in ([True] * 4, [False, True, False, False], [True, False, True, False],
                  [False, False, False, True]):
-        got = KERNELS["fused_edge_message_backward"](g.to(DEV), *dev, mask)
-        want = REF["fused_edge_message_backward"](g, p, q, r, s, ptr, src, mask)
+        got = KERNELS["fused_edge_message_backward"](g.to(DEV), *dev, None, mask)
+        want = REF["fused_edge_message_backward"](g, p, q, r, s, ptr, src, None, mask)
         for x, y in zip(got, want):
             assert x.shape == y.shape
             _close(x, y)
+    # edges sharing rows of r and s
+    row = torch.randint(0, 7, (e,), generator=torch.Generator().manual_seed(21)).to(index_dtype)
+    r7, s7 = r[:7].contiguous(), s[:7].contiguous()
+    dev7 = [t.to(DEV) for t in (p, q, r7, s7, ptr, src, row)]
+    _close(tk.fused_edge_message(*dev7),
+           reference.fused_edge_message(p, q, r7, s7, ptr.long(), src.long(), row.long()))
+    got = KERNELS["fused_edge_message_backward"](g.to(DEV), *dev7, [True] * 4)
+    want = REF["fused_edge_message_backward"](g, p, q, r7, s7, ptr, src, row, [True] * 4)
+    for x, y in zip(got, want):
+        assert x.shape == y.shape
+        _close(x, y)
 
 
 def test_fused_edge_message_bad_input():

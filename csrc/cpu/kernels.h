@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 
 namespace pamnet_fast {
@@ -35,12 +36,15 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
     const at::Tensor& ptr, bool need_a, bool need_b);
 
-// out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[e]) * s[e].
+// out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[k]) * s[k], k = edge_row[e] if given
+// (int64 [E], rows of r and s shared by several edges) else e.
 at::Tensor fused_edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-                                     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src);
+                                     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                                     const std::optional<at::Tensor>& edge_row);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src, std::array<bool, 4> mask);
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> mask);
 
 at::Tensor bessel_basis_kernel(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
                                int64_t envelope_exponent);

@@ -6,7 +6,7 @@ Parameter names follow the authors' PAMNet code (``mlp_x1.0.0.weight``, ``res1.m
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +127,8 @@ class GlobalMessagePassing(PlexLayer):
     activation.
 
     Shapes: ``x [N, F]``, ``edge_attr [E, F]``, ``src [E]`` (source of each target-sorted edge),
-    ``ptr [N + 1]``. Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
+    ``ptr [N + 1]``; or ``edge_attr [R, F]`` with ``edge_row [E]`` (edges sharing rows, e.g. both
+    directions of a pair: the edge projections then cost R instead of E rows). Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
     """
 
     def __init__(self, dim: int, out_dim: int = 1):
@@ -136,7 +137,8 @@ class GlobalMessagePassing(PlexLayer):
         self.W_edge_attr = nn.Linear(dim, dim, bias=False)
         self.reset_parameters()
 
-    def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor):
+    def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
+                edge_row: Optional[Tensor] = None):
         res_x = x
         h = self.mlp_x1(x)
         lin = self.mlp_m[0][0]
@@ -145,5 +147,5 @@ class GlobalMessagePassing(PlexLayer):
         q = F.linear(h, w_j)
         r = F.linear(edge_attr, w_e)
         s = self.W_edge_attr(edge_attr)
-        h = h + ops.fused_edge_message(p, q, r, s, ptr, src)
+        h = h + ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)
         return self.update_and_output(h, res_x)

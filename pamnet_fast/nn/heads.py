@@ -61,7 +61,10 @@ class DipoleHead(nn.Module):
         alpha = state.alpha  # [T, N, 2]
         s_g = (self.lin_g(torch.stack(state.z_g)) * alpha[..., :1]).sum(0)  # [N, c]
         s_l = (self.lin_l(torch.stack(state.z_l)) * alpha[..., 1:]).sum(0)
-        nu_g = self.geometric_vectors(state.pos, g.edge_index_g, self.phi_g(state.rbf_g))
+        w_g = self.phi_g(state.rbf_g)  # per pair when the global edge terms are shared: expand
+        if g.edge_row_g is not None:
+            w_g = w_g.index_select(0, g.edge_row_g)
+        nu_g = self.geometric_vectors(state.pos, g.edge_index_g, w_g)
         nu_l = self.geometric_vectors(state.pos, g.edge_index_l, self.phi_l(state.rbf_l))
         mu = s_g[:, :1] * nu_g + s_l[:, :1] * nu_l
         if self.charges:

@@ -107,6 +107,8 @@ class Graphs(NamedTuple):
     dist_l: Tensor        # [El]
     trip: ops.Triplets
     edge_ids_l: Tensor    # arange(El)
+    pair_g: Optional[Tensor] = None      # [R] one global edge per unordered pair (symmetric graphs)
+    edge_row_g: Optional[Tensor] = None  # [Eg] the pair (row of the edge terms) of each global edge
 
 
 def _ptr(dst: Tensor, num_nodes: int) -> Tensor:
@@ -128,6 +130,26 @@ def sort_edges(edge_index: Tensor, num_nodes: int, remove_self_loops: bool = Tru
 
 def _dist(pos: Tensor, edge_index: Tensor) -> Tensor:
     return pair_distance(pos[edge_index[1]], pos[edge_index[0]])
+
+
+def pair_rows(edge_index: Tensor, num_nodes: int) -> Optional[Tuple[Tensor, Tensor]]:
+    """For a symmetric edge list without self-loops, sorted by target then source: ``(pair [R],
+    edge_row [E])`` with ``pair`` the edges ``j -> i`` with ``j < i`` (one per unordered pair) and
+    ``edge_row[e]`` the position in ``pair`` of ``e`` or of its reverse. ``None`` when some edge has no
+    reverse (e.g. a kNN graph). Both directions have bit-identical distances (the difference vectors
+    are exact negatives), so their edge terms can be computed once per pair."""
+    src, dst = edge_index[0], edge_index[1]
+    E = src.numel()
+    if E == 0 or bool((src == dst).any()):
+        return None
+    key = dst * num_nodes + src
+    rev = torch.searchsorted(key, src * num_nodes + dst).clamp_(max=E - 1)
+    if not torch.equal(key[rev], src * num_nodes + dst):
+        return None
+    lower = src < dst
+    row = torch.cumsum(lower, 0) - 1
+    edge_row = torch.where(lower, row, row[rev])
+    return lower.nonzero().view(-1), edge_row
 
 
 def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
@@ -156,6 +178,8 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
     else:
         raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
     dist_g = _dist(pos, ei_g)
+    pairs = pair_rows(ei_g, n) if cfg.global_graph == "radius" else None
+    pair_g, edge_row_g = pairs if pairs is not None else (None, None)
 
     if cfg.local_graph == "bonds":
         if bonds is None:
@@ -172,7 +196,7 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
     dist_l = _dist(pos, ei_l)
     trip = ops.triplets(ei_l, n, include_self_pairs=compat)
     edge_ids = torch.arange(ei_l.size(1), device=pos.device)
-    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids)
+    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g)
 
 
 class PAMNetState(NamedTuple):
@@ -181,7 +205,8 @@ class PAMNetState(NamedTuple):
     alpha: Tensor         # [T, N, 2] attention weights (global, local)
     z_g: List[Tensor]     # per layer [N, F]: output-head features of the global plex
     z_l: List[Tensor]     # per layer [N, F]: same, local plex
-    rbf_g: Tensor         # [Eg, F] shared global edge embedding
+    rbf_g: Tensor         # [Eg, F] shared global edge embedding ([R, F], one row per pair, when
+                          # graphs.edge_row_g is set: see global_edge_attr)
     rbf_l: Tensor         # [El, F] shared local edge embedding
     graphs: Graphs
     pos: Tensor           # [N, 3]
@@ -262,13 +287,15 @@ class _PAMNetBase(nn.Module):
         x = self.embed(data)
         batch, num_graphs = _batch_of(data, x.size(0), x.device)
         g = graphs if graphs is not None else self.build_graphs(data)
-        rbf_g = self.mlp_rbf_g(self.rbf_g(g.dist_g))
+        # Symmetric global graphs: edge terms once per unordered pair, shared by both directions.
+        dist_rows = g.dist_g if g.pair_g is None else g.dist_g.index_select(0, g.pair_g)
+        rbf_g = self.mlp_rbf_g(self.rbf_g(dist_rows))
         rbf_l = self.mlp_rbf_l(self.rbf_l(g.dist_l))
         sbf = self._sbf(pos, g)
         outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
         src_g = g.edge_index_g[0]
         for glob, loc in zip(self.global_layer, self.local_layer):
-            x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g)
+            x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g, g.edge_row_g)
             outs_g.append(o), atts_g.append(a), z_g.append(z)
             x, o, a, z = self._local(loc, x, rbf_l, sbf, g)
             outs_l.append(o), atts_l.append(a), z_l.append(z)

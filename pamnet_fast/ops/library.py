@@ -35,10 +35,10 @@ SCHEMAS: Dict[str, str] = {
     "segment_gather_mul_backward": "segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, "
                                    "Tensor b, Tensor ptr, bool need_a, bool need_b) -> (Tensor, Tensor)",
     "fused_edge_message": "fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, "
-                          "Tensor src) -> Tensor",
+                          "Tensor src, Tensor? edge_row=None) -> Tensor",
     "fused_edge_message_backward": "fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, "
-                                   "Tensor r, Tensor s, Tensor ptr, Tensor src, bool[4] output_mask) "
-                                   "-> (Tensor, Tensor, Tensor, Tensor)",
+                                   "Tensor r, Tensor s, Tensor ptr, Tensor src, Tensor? edge_row, "
+                                   "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
     "bessel_basis": "bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent) -> Tensor",
     "bessel_basis_backward": "bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, "
                              "float cutoff, int envelope_exponent, bool need_dist, bool need_freq) "
@@ -114,14 +114,14 @@ def _ref_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
     return ga, gb
 
 
-def _ref_fused_edge_message(p, q, r, s, ptr, src):
-    validate.fused_edge_message(p, q, r, s, ptr, src)
-    return reference.fused_edge_message(p, q, r, s, ptr.long(), src.long())
+def _ref_fused_edge_message(p, q, r, s, ptr, src, edge_row=None):
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row)
+    return reference.fused_edge_message(p, q, r, s, ptr.long(), src.long(), edge_row)
 
 
-def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, output_mask):
+def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask):
     grads = _grad_of(lambda p_, q_, r_, s_: reference.fused_edge_message(p_, q_, r_, s_, ptr.long(),
-                                                                         src.long()),
+                                                                         src.long(), edge_row),
                      (p, q, r, s), grad_out, tuple(output_mask))
     return tuple(grads)
 
@@ -188,11 +188,11 @@ def _fake_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
             torch.empty_like(b) if need_b else b.new_empty(0))
 
 
-def _fake_fused_edge_message(p, q, r, s, ptr, src):
+def _fake_fused_edge_message(p, q, r, s, ptr, src, edge_row=None):
     return p.new_empty((ptr.size(0) - 1, p.size(1)))
 
 
-def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, output_mask):
+def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask):
     return tuple(torch.empty_like(t) if m else t.new_empty(0) for t, m in zip((p, q, r, s), output_mask))
 
 
@@ -247,11 +247,15 @@ def _segment_gather_mul_bwd(ctx, grad):
     return (ga if need_a else None), None, (gb if need_b else None), None
 
 
+def _fused_edge_message_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # p, q, r, s, ptr, src, edge_row (None allowed)
+
+
 def _fused_edge_message_bwd(ctx, grad):
-    p, q, r, s, ptr, src = ctx.saved_tensors
+    p, q, r, s, ptr, src, edge_row = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
-    grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None)
+    grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
 
 
 def _bessel_basis_setup(ctx, inputs, output):
@@ -284,7 +288,7 @@ def _spherical_basis_bwd(ctx, grad):
 
 AUTOGRAD = {
     "segment_gather_mul": (_segment_gather_mul_bwd, _save_inputs),
-    "fused_edge_message": (_fused_edge_message_bwd, _save_inputs),
+    "fused_edge_message": (_fused_edge_message_bwd, _fused_edge_message_setup),
     "bessel_basis": (_bessel_basis_bwd, _bessel_basis_setup),
     "spherical_basis": (_spherical_basis_bwd, _spherical_basis_setup),
 }

@@ -1,6 +1,8 @@
 """Fused gather-multiply-scatter aggregation: the edge -> node and triplet -> edge sums of message passing."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import Tensor
 
 from . import checks
@@ -32,25 +34,30 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kerne
     return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr))
 
 
-def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor, *,
-                       _kernel=None) -> Tensor:
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                       edge_row: Optional[Tensor] = None, *, _kernel=None) -> Tensor:
     r"""Gated edge messages summed per target, fused:
 
     .. math:: \mathrm{out}_i = \sum_{e \in [\mathrm{ptr}_i, \mathrm{ptr}_{i+1})}
-              \mathrm{SiLU}(p_i + q_{\mathrm{src}_e} + r_e) \odot s_e
+              \mathrm{SiLU}(p_i + q_{\mathrm{src}_e} + r_{k_e}) \odot s_{k_e}, \qquad
+              k_e = \mathrm{edge\_row}_e \ (\text{default } e)
 
     A message MLP over ``[x_i || x_j || e_ij]`` followed by SiLU is exactly this with ``p = W_i x + b``,
     ``q = W_j x`` (node projections, N x F instead of E x F) and ``r = W_e e_ij``; ``s`` is the gate
     (``W e_ij`` in PAMNet). The backward recomputes the activation instead of storing E x F
-    intermediates.
+    intermediates. ``edge_row`` lets edges share rows of ``r`` and ``s``: in a radius graph ``i -> j``
+    and ``j -> i`` have the same distance, hence the same edge terms, which then are computed once per
+    pair (half the edge projections; their gradients are summed over the sharing edges).
 
     Args:
-        p: ``[N, F]`` target term; q: ``[M, F]`` source term; r, s: ``[E, F]`` edge terms;
-        ptr: ``[N + 1]`` CSR pointer over targets; src: ``[E]`` source of each edge.
+        p: ``[N, F]`` target term; q: ``[M, F]`` source term; r, s: ``[R, F]`` edge terms (``R = E``
+        without ``edge_row``); ptr: ``[N + 1]`` CSR pointer over targets; src: ``[E]`` source of each
+        edge; edge_row: optional ``[E]`` row of ``r``/``s`` used by each edge.
     """
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
         checks.floating(op, name, t, dim=2)
     kernel = _kernel or _ops().fused_edge_message
+    row = None if edge_row is None else _index(op, "edge_row", edge_row)
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
-                  _index(op, "src", src))
+                  _index(op, "src", src), row)

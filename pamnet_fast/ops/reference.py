@@ -192,11 +192,15 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor
     return out.index_add_(0, rows, a.index_select(0, src.long()) * b)
 
 
-def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor) -> Tensor:
-    """``out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[e]) * s[e]``.
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                       edge_row: Optional[Tensor] = None) -> Tensor:
+    """``out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[k]) * s[k]``, ``k = edge_row[e]``
+    (default ``e``).
 
-    p: [N, F] target projection, q: [M, F] source projection, r: [E, F] edge term, s: [E, F] gate.
+    p: [N, F] target projection, q: [M, F] source projection, r: [R, F] edge term, s: [R, F] gate.
     """
+    if edge_row is not None:
+        r, s = r.index_select(0, edge_row.long()), s.index_select(0, edge_row.long())
     rows = torch.arange(ptr.numel() - 1).repeat_interleave(ptr[1:] - ptr[:-1])
     h = p.index_select(0, rows) + q.index_select(0, src.long()) + r
     out = p.new_zeros(ptr.numel() - 1, p.size(1))

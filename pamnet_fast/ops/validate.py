@@ -49,7 +49,8 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> None:
     checks.index_range(op, "src", src, a.size(0))
 
 
-def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor) -> None:
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                       edge_row: Optional[Tensor] = None) -> None:
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
         checks.floating(op, name, t, dim=2)
@@ -57,9 +58,15 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     checks.index(op, "src", src)
     checks.same_device(op, p=p, q=q, r=r, s=s, ptr=ptr, src=src)
     checks.features_match(op, p=p, q=q, r=r, s=s)
-    checks.rows_match(op, "s", s, r.size(0), "the number of rows of r (edges)")
-    checks.rows_match(op, "src", src, r.size(0), "the number of rows of r (edges)")
-    checks.csr_pointer(op, "ptr", ptr, r.size(0))
+    checks.rows_match(op, "s", s, r.size(0), "the number of rows of r")
+    E, edges = r.size(0), "the number of rows of r (edges)"
+    if edge_row is not None:
+        checks.index(op, "edge_row", edge_row)
+        checks.same_device(op, edge_row=edge_row, src=src)
+        checks.index_range(op, "edge_row", edge_row, r.size(0))
+        E, edges = edge_row.numel(), "the number of edges (len(edge_row))"
+    checks.rows_match(op, "src", src, E, edges)
+    checks.csr_pointer(op, "ptr", ptr, E)
     checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
     checks.index_range(op, "src", src, q.size(0))
 

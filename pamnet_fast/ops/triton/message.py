@@ -13,6 +13,8 @@ them (``silu'(h) = sigma * (1 + h * (1 - sigma))``, as ``torch``'s ``silu_backwa
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -114,10 +116,20 @@ def _bwd_source_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr, tp
     tl.store(gq_ptr + m * num_features + f, acc, mask=fmask)
 
 
-def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor) -> Tensor:
+def _rows_per_edge(r: Tensor, s: Tensor, edge_row: Optional[Tensor]):
+    """Shared rows expanded to one row per edge (the kernels below index r and s by edge)."""
+    if edge_row is None:
+        return r.contiguous(), s.contiguous()
+    row = as_index(edge_row)
+    return r.index_select(0, row), s.index_select(0, row)
+
+
+def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                       edge_row: Optional[Tensor] = None) -> Tensor:
     """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``."""
-    validate.fused_edge_message(p, q, r, s, ptr, src)
-    p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row)
+    r, s = _rows_per_edge(r, s, edge_row)
+    p, q = p.contiguous(), q.contiguous()
     num_rows, num_features = ptr.numel() - 1, p.size(1)
     out = p.new_zeros(num_rows, num_features)
     if num_rows and num_features:
@@ -129,9 +141,19 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
 
 
 def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tensor, s: Tensor,
-                                ptr: Tensor, src: Tensor, output_mask):
+                                ptr: Tensor, src: Tensor, edge_row: Optional[Tensor], output_mask):
     """Schema kernel of ``pamnet_fast::fused_edge_message_backward``: ``(grad_p, grad_q, grad_r,
     grad_s)``, each an empty tensor where ``output_mask`` is false."""
+    if edge_row is not None:
+        # Per-edge gradients, then summed into the shared rows (index_add_: atomics on the GPU).
+        gp, gq, gr, gs = fused_edge_message_backward(grad_out, p, q, *_rows_per_edge(r, s, edge_row),
+                                                     ptr, src, None, output_mask)
+        row = as_index(edge_row)
+        if output_mask[2]:
+            gr = torch.zeros_like(r).index_add_(0, row, gr)
+        if output_mask[3]:
+            gs = torch.zeros_like(s).index_add_(0, row, gs)
+        return gp, gq, gr, gs
     need_p, need_q, need_r, need_s = (bool(m) for m in output_mask)
     g = grad_out.contiguous()
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
