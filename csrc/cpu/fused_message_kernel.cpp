@@ -117,10 +117,6 @@ PAMNET_FAST_VECTOR_CLONES void gather_sum_rows_f(float* out, const float* x, con
   gather_sum_rows(out, x, perm, tptr, b, e, F);
 }
 
-}  // namespace
-
-namespace {
-
 // Sums per-edge rows x [E, F] into the rows they were gathered from: out[m] = sum_{e: index[e] = m} x[e].
 template <typename scalar_t>
 void sum_by_index(scalar_t* out, const scalar_t* x, const at::Tensor& index, int64_t M, int64_t F) {

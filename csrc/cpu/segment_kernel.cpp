@@ -56,7 +56,6 @@ PAMNET_FAST_VECTOR_CLONES void gather_mul_sum_d(double* out, const double* x, co
   gather_mul_sum(out, x, xi, y, yi, ptr, b, e, F);
 }
 
-
 // grad_b[s] = grad_out[r] * a[src[s]] for every entry s of row r.
 template <typename scalar_t>
 __attribute__((always_inline)) inline void expand_mul(scalar_t* gb, const scalar_t* go, const scalar_t* a,

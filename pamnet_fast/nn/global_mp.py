@@ -128,7 +128,8 @@ class GlobalMessagePassing(PlexLayer):
 
     Shapes: ``x [N, F]``, ``edge_attr [E, F]``, ``src [E]`` (source of each target-sorted edge),
     ``ptr [N + 1]``; or ``edge_attr [R, F]`` with ``edge_row [E]`` (edges sharing rows, e.g. both
-    directions of a pair: the edge projections then cost R instead of E rows). Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
+    directions of a pair: the edge projections then cost R instead of E rows). Returns ``(x' [N, F],
+    out [N, out_dim], score [N, 1], z [N, F])``.
     """
 
     def __init__(self, dim: int, out_dim: int = 1):

@@ -142,9 +142,9 @@ def pair_rows(edge_index: Tensor, num_nodes: int) -> Optional[Tuple[Tensor, Tens
     E = src.numel()
     if E == 0 or bool((src == dst).any()):
         return None
-    key = dst * num_nodes + src
-    rev = torch.searchsorted(key, src * num_nodes + dst).clamp_(max=E - 1)
-    if not torch.equal(key[rev], src * num_nodes + dst):
+    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
+    rev = torch.searchsorted(key, rev_key).clamp_(max=E - 1)
+    if not torch.equal(key[rev], rev_key):
         return None
     lower = src < dst
     row = torch.cumsum(lower, 0) - 1
@@ -206,7 +206,7 @@ class PAMNetState(NamedTuple):
     z_g: List[Tensor]     # per layer [N, F]: output-head features of the global plex
     z_l: List[Tensor]     # per layer [N, F]: same, local plex
     rbf_g: Tensor         # [Eg, F] shared global edge embedding ([R, F], one row per pair, when
-                          # graphs.edge_row_g is set: see global_edge_attr)
+                          # graphs.edge_row_g is set)
     rbf_l: Tensor         # [El, F] shared local edge embedding
     graphs: Graphs
     pos: Tensor           # [N, 3]

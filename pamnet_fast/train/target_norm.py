@@ -14,7 +14,7 @@ or data without ``z``) it reduces to plain standardization ``(y - mean) / std``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,15 +24,22 @@ from torch.utils.data import Subset
 NUM_ELEMENTS = 119  # rows of ``w``: atomic numbers 0..118
 
 
-def dataset_compositions(ds) -> Optional[Tensor]:
-    """Element counts ``[n, 119]`` (float64) of a dataset of PyG ``Data`` with ``z``; ``None`` when the
-    items have no ``z``. Fast path for (nested) Subsets of a dataset with ``compositions()``."""
+def unwrap_subsets(ds) -> Tuple[object, Optional[Tensor]]:
+    """``(base, idx)``: the dataset under (nested) ``Subset`` wrappers and the indices of ``ds``'s items
+    in it (``None``: all of ``base``, in order)."""
     idx = None
     base = ds
     while isinstance(base, Subset):
         sub = torch.as_tensor(list(base.indices), dtype=torch.long)
         idx = sub if idx is None else sub[idx]
         base = base.dataset
+    return base, idx
+
+
+def dataset_compositions(ds) -> Optional[Tensor]:
+    """Element counts ``[n, 119]`` (float64) of a dataset of PyG ``Data`` with ``z``; ``None`` when the
+    items have no ``z``. Fast path for (nested) Subsets of a dataset with ``compositions()``."""
+    base, idx = unwrap_subsets(ds)
     fast = getattr(base, "compositions", None)
     if callable(fast):
         counts = fast(NUM_ELEMENTS)
@@ -98,13 +105,16 @@ class TargetNormalizer:
             out.index_add_(0, gid, self.element_ref.to(device)[z])
         return out
 
-    def normalize(self, y: Tensor, batch) -> Tensor:
-        """Targets ``[B, T]`` -> the network's scale (dtype of ``y``)."""
-        return ((y.double() - self.baseline(batch, y.device)) / self.std.to(y.device)).to(y.dtype)
+    def normalize(self, y: Tensor, batch, baseline: Optional[Tensor] = None) -> Tensor:
+        """Targets ``[B, T]`` -> the network's scale (dtype of ``y``); ``baseline``: this batch's
+        :meth:`baseline`, when the caller already has it."""
+        b = self.baseline(batch, y.device) if baseline is None else baseline
+        return ((y.double() - b) / self.std.to(y.device)).to(y.dtype)
 
-    def denormalize(self, pred: Tensor, batch) -> Tensor:
+    def denormalize(self, pred: Tensor, batch, baseline: Optional[Tensor] = None) -> Tensor:
         """Network output ``[B, T]`` -> prediction in target units (float64)."""
-        return pred.double() * self.std.to(pred.device) + self.baseline(batch, pred.device)
+        b = self.baseline(batch, pred.device) if baseline is None else baseline
+        return pred.double() * self.std.to(pred.device) + b
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -21,18 +21,13 @@ from .checkpoint import (CheckpointMismatchError, check_compatible, get_rng_stat
                          model_config_of, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .ema import EMA
-from .target_norm import TargetNormalizer, dataset_compositions
+from .target_norm import TargetNormalizer, dataset_compositions, unwrap_subsets
 from .plots import plot_learning_curves, plot_parity, write_metrics, write_predictions
 
 
 def dataset_targets(ds, target_index: Optional[int]) -> torch.Tensor:
     """Targets [n, k] (float64) of a dataset (fast path for (nested) Subsets of a dataset with .y)."""
-    idx = None
-    base = ds
-    while isinstance(base, Subset):
-        sub = torch.as_tensor(list(base.indices), dtype=torch.long)
-        idx = sub if idx is None else sub[idx]
-        base = base.dataset
+    base, idx = unwrap_subsets(ds)
     y = getattr(base, "y", None)
     if isinstance(y, torch.Tensor) and y.dim() == 2 and y.shape[0] == len(base):
         y = y if idx is None else y[idx]
@@ -133,10 +128,11 @@ class Trainer:
         for batch in loader:
             batch = batch.to(self.device)
             y = self._target(batch).double()
-            pred = self.norm.denormalize(self._predict(module, batch), batch)
+            base = self.norm.baseline(batch, y.device)
+            pred = self.norm.denormalize(self._predict(module, batch), batch, base)
             sums[0] += (pred - y).abs().sum().item()
             sums[1] += y.numel()
-            sums[2] += (self.norm.baseline(batch, y.device) - y).abs().sum().item()
+            sums[2] += (base - y).abs().sum().item()
             if return_predictions:
                 ids = batch.idx.tolist() if hasattr(batch, "idx") and batch.idx is not None else \
                     list(range(pos, pos + y.shape[0]))
@@ -288,7 +284,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = batch.to(self.device)
                 y = self._target(batch)
-                yn = self.norm.normalize(y, batch)
+                base = self.norm.baseline(batch, y.device)
+                yn = self.norm.normalize(y, batch, base)
                 pred = self._predict(net, batch)
                 if pred.shape != yn.shape:
                     raise ValueError(f"model output shape {tuple(pred.shape)} does not match the "
@@ -306,7 +303,7 @@ class Trainer:
                 nb = y.numel()
                 lv = float(loss.detach())
                 self.accum["loss"] += lv * nb
-                self.accum["abs"] += float((self.norm.denormalize(pred.detach(), batch)
+                self.accum["abs"] += float((self.norm.denormalize(pred.detach(), batch, base)
                                             - y.double()).abs().sum())
                 self.accum["n"] += nb
                 dt = time.perf_counter() - t0
@@ -425,5 +422,6 @@ class Trainer:
         if test["n"]:
             self.log(f"test MAE ({cfg.target_name}, EMA weights of best val epoch {self.best['epoch']}): "
                      f"{res['test_mae']:.4g}{u}  (predicting the training mean: "
-                     f"{res['test_mae_train_mean']:.4g}{u}{_baseline_note(res, u)}); stopped by {stop_reason}")
+                     f"{res['test_mae_train_mean']:.4g}{u}{_baseline_note(res, u)}); "
+                     f"stopped by {stop_reason}")
         return res
