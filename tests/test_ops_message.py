@@ -98,6 +98,72 @@ def test_fused_edge_message_shared_rows_gradcheck_and_pairs():
           ops.fused_edge_message(p, q, r[row], s[row], ptr, src), torch.float64)
 
 
+def _pair_rows(edge_index):
+    """One row per unordered pair of a symmetric target-sorted graph: (R, edge_row [E])."""
+    lo = torch.minimum(edge_index[0], edge_index[1])
+    hi = torch.maximum(edge_index[0], edge_index[1])
+    _, edge_row = torch.unique(lo * (int(edge_index.max()) + 1) + hi, return_inverse=True)
+    return int(edge_row.max()) + 1, edge_row
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fused_edge_message_reverse_pair_rows(dtype, shuffle):
+    # Rows shared by each edge and its reverse (PAMNet's global plex) take the backward's paired path,
+    # which must match the reference and, bitwise, the general path (forced by one unused extra row).
+    # Sources shuffled within each target: the paired path does not apply, the result is still exact.
+    pos = rand(300, 3, dtype=torch.float64) * 3
+    ei, ptr = ops.radius_graph(pos, 2.0, return_ptr=True)
+    if shuffle:
+        key = ei[1].double() + torch.rand(ei.size(1), generator=G, dtype=torch.float64) * 0.5
+        ei = ei[:, key.argsort()]
+    rows, row = _pair_rows(ei)
+    assert ei.size(1) == 2 * rows
+    N, F = 300, 33
+    tensors = [rand(N, F, dtype=dtype), rand(N, F, dtype=dtype), rand(rows + 1, F, dtype=dtype) * 3,
+               rand(rows + 1, F, dtype=dtype)]
+    g = rand(N, F, dtype=dtype)
+    grads = {}
+    for extra in (0, 1):
+        mine = [tensors[0], tensors[1], tensors[2][:rows + extra], tensors[3][:rows + extra]]
+        mine = [t.clone().requires_grad_() for t in mine]
+        ops.fused_edge_message(*mine, ptr, ei[0], row).backward(g)
+        grads[extra] = [t.grad for t in mine]
+    ref_in = [t.clone().requires_grad_() for t in tensors]
+    R.fused_edge_message(*ref_in, ptr, ei[0], row).backward(g)
+    for x, y, z in zip(grads[0], grads[1], ref_in):
+        close(x, z.grad[:x.size(0)], dtype)
+        assert torch.equal(x, y[:x.size(0)])
+    # partial gradients (output masks) on the paired path
+    for wanted in ((1,), (2, 3), (0, 3)):
+        part = [t.clone().requires_grad_(i in wanted) for i, t in
+                enumerate([tensors[0], tensors[1], tensors[2][:rows], tensors[3][:rows]])]
+        ops.fused_edge_message(*part, ptr, ei[0], row).backward(g)
+        for i in wanted:
+            assert torch.equal(part[i].grad, grads[0][i])
+
+
+def test_fused_edge_message_reverse_pair_rows_gradcheck_and_threads():
+    pos = rand(25, 3, dtype=torch.float64) * 1.5
+    ei, ptr = ops.radius_graph(pos, 1.5, return_ptr=True)
+    rows, row = _pair_rows(ei)
+    inputs = [rand(n, 3, dtype=torch.float64).requires_grad_() for n in (25, 25, rows, rows)]
+    assert torch.autograd.gradcheck(lambda *x: ops.fused_edge_message(*x, ptr, ei[0], row), inputs)
+    pos = rand(3000, 3) * 6
+    ei, ptr = ops.radius_graph(pos, 2.0, return_ptr=True)
+    rows, row = _pair_rows(ei)
+    inputs = [rand(n, 16).requires_grad_() for n in (3000, 3000, rows, rows)]
+    results = []
+    for n in (1, 2):
+        with num_threads(n):
+            for t in inputs:
+                t.grad = None
+            ops.fused_edge_message(*inputs, ptr, ei[0], row).sum().backward()
+            results.append([t.grad.clone() for t in inputs])
+    for x, y in zip(*results):
+        assert torch.equal(x, y)
+
+
 def test_fused_edge_message_gradcheck_and_partial_grads():
     src, ptr = random_csr(7, 9, 30, G)
     p, q = rand(7, 3, dtype=torch.float64), rand(9, 3, dtype=torch.float64)

@@ -203,7 +203,8 @@ class PAMNetState(NamedTuple):
     """Everything a head needs after the message passing."""
     node_out: Tensor      # [N, out_dim] fused node outputs (summed over layers)
     alpha: Tensor         # [T, N, 2] attention weights (global, local)
-    z_g: List[Tensor]     # per layer [N, F]: output-head features of the global plex
+    z_g: List[Tensor]     # per layer [N, F]: output-head features of the global plex (empty after
+                          # encode(keep_features=False))
     z_l: List[Tensor]     # per layer [N, F]: same, local plex
     rbf_g: Tensor         # [Eg, F] shared global edge embedding ([R, F], one row per pair, when
                           # graphs.edge_row_g is set)
@@ -281,8 +282,10 @@ class _PAMNetBase(nn.Module):
                             getattr(data, "edge_index", None))
 
     # -- model --------------------------------------------------------------------------------
-    def encode(self, data, graphs: Optional[Graphs] = None) -> PAMNetState:
-        """Message passing and fusion; ``graphs`` may be passed in (e.g. precomputed)."""
+    def encode(self, data, graphs: Optional[Graphs] = None, keep_features: bool = True) -> PAMNetState:
+        """Message passing and fusion; ``graphs`` may be passed in (e.g. precomputed).
+        ``keep_features=False`` leaves ``z_g``/``z_l`` empty (they are 2T node-feature tensors, needed
+        only by heads such as the dipole's; dropping them lowers peak memory)."""
         pos = data.pos
         x = self.embed(data)
         batch, num_graphs = _batch_of(data, x.size(0), x.device)
@@ -296,9 +299,14 @@ class _PAMNetBase(nn.Module):
         src_g = g.edge_index_g[0]
         for glob, loc in zip(self.global_layer, self.local_layer):
             x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g, g.edge_row_g)
-            outs_g.append(o), atts_g.append(a), z_g.append(z)
+            outs_g.append(o), atts_g.append(a)
+            if keep_features:
+                z_g.append(z)
             x, o, a, z = self._local(loc, x, rbf_l, sbf, g)
-            outs_l.append(o), atts_l.append(a), z_l.append(z)
+            outs_l.append(o), atts_l.append(a)
+            if keep_features:
+                z_l.append(z)
+            del z
         node_out, alpha = self.fusion(outs_g, outs_l, atts_g, atts_l)
         return PAMNetState(node_out, alpha, z_g, z_l, rbf_g, rbf_l, g, pos, batch, num_graphs)
 
@@ -306,7 +314,7 @@ class _PAMNetBase(nn.Module):
         """``data``: PyG ``Data``/``Batch`` with ``pos [N, 3]``, ``z [N]`` or ``x``, ``batch [N]``
         (optional), ``edge_index`` (bonds, when ``local_graph='bonds'``). Returns
         ``[num_graphs, out_dim]`` (``[num_graphs, 1]`` = :math:`|\\mu|` with the dipole head)."""
-        state = self.encode(data)
+        state = self.encode(data, keep_features=self.dipole_head is not None)
         if self.dipole_head is not None:
             return torch.linalg.vector_norm(self.dipole_head(state), dim=-1, keepdim=True)
         return readout(state.node_out, state.batch, state.num_graphs, self.config.readout)
