@@ -215,7 +215,9 @@ def test_global_pairs_share_edge_terms():
     torch.manual_seed(0)
     model = PAMNet(PAMNetConfig.qm9(dim=32, n_layer=2)).double()
     g = model.build_graphs(data)
-    assert g.edge_row_g is not None
+    assert g.edge_row_g is not None and g.edge_row_l is not None  # radius plex and bonds
     shared = model.encode(data, g).node_out
-    per_edge = model.encode(data, g._replace(pair_g=None, edge_row_g=None)).node_out
-    assert rel_err(shared, per_edge) <= 1e-12
+    unshared = g._replace(pair_g=None, edge_row_g=None, pair_l=None, edge_row_l=None)
+    for graphs in (unshared, g._replace(pair_g=None, edge_row_g=None),
+                   g._replace(pair_l=None, edge_row_l=None)):
+        assert rel_err(shared, model.encode(data, graphs).node_out) <= 1e-12

@@ -65,7 +65,10 @@ class DipoleHead(nn.Module):
         if g.edge_row_g is not None:
             w_g = w_g.index_select(0, g.edge_row_g)
         nu_g = self.geometric_vectors(state.pos, g.edge_index_g, w_g)
-        nu_l = self.geometric_vectors(state.pos, g.edge_index_l, self.phi_l(state.rbf_l))
+        w_l = self.phi_l(state.rbf_l)
+        if g.edge_row_l is not None:
+            w_l = w_l.index_select(0, g.edge_row_l)
+        nu_l = self.geometric_vectors(state.pos, g.edge_index_l, w_l)
         mu = s_g[:, :1] * nu_g + s_l[:, :1] * nu_l
         if self.charges:
             q = s_g[:, 1:] + s_l[:, 1:]

@@ -1,6 +1,8 @@
 r"""Local plex layers: PAMNet's (one-hop and two-hop angles) and PAMNet-s's (one-hop angles only)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -9,23 +11,31 @@ from ..ops import Triplets
 from .global_mp import MLP, PlexLayer, maybe_checkpoint, split_message_weight
 
 
-def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, dim: int) -> Tensor:
+def _rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
+    """Per-edge ``[E, F]`` from per-row ``t`` (rows shared by an edge and its reverse), or ``t``."""
+    return t if edge_row is None else t.index_select(0, edge_row)
+
+
+def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, dim: int,
+              edge_row: Optional[Tensor] = None) -> Tensor:
     r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b)`` ``[E, F]``, from node projections (no ``[E, 3F]``
-    concat)."""
+    concat); ``edge_attr`` has one row per edge, or per ``edge_row`` entry."""
     w_i, w_j, w_e = split_message_weight(lin, dim)
     p = F.linear(h, w_i, lin.bias)
     q = F.linear(h, w_j)
-    return F.silu(p.index_select(0, dst) + q.index_select(0, src) + F.linear(edge_attr, w_e))
+    e = _rows(F.linear(edge_attr, w_e), edge_row)
+    return F.silu(p.index_select(0, dst) + q.index_select(0, src) + e)
 
 
 def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
-              src: Tensor, ptr: Tensor, edge_ids: Tensor, dim: int) -> Tensor:
-    r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused."""
+              src: Tensor, ptr: Tensor, rows: Tensor, edge_row: Optional[Tensor], dim: int) -> Tensor:
+    r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused;
+    ``edge_attr`` and ``gate`` have the rows ``rows`` of the edges (``edge_row``, or ``arange(E)``)."""
     w_i, w_j, w_e = split_message_weight(lin_ji, dim)
     p = F.linear(h, w_i, lin_ji.bias)
     q = F.linear(h, w_j)
-    out = ops.fused_edge_message(p, q, F.linear(edge_attr, w_e), gate, ptr, src)
-    return out + ops.segment_gather_mul(m_other, edge_ids, gate, ptr)
+    out = ops.fused_edge_message(p, q, F.linear(edge_attr, w_e), gate, ptr, src, edge_row)
+    return out + ops.segment_gather_mul(gate, rows, m_other, ptr)
 
 
 class LocalMessagePassing(PlexLayer):
@@ -48,7 +58,9 @@ class LocalMessagePassing(PlexLayer):
 
     Shapes: ``x [N, F]``, ``rbf [E, F]``, ``sbf2 [T2, F]``, ``sbf1 [T1, F]``, ``edge_index [2, E]``
     target-sorted with ``ptr [N + 1]``, ``trip`` from :func:`pamnet_fast.ops.triplets`, ``edge_ids``
-    ``= arange(E)``. Returns ``(x' [N, F], out [N, out_dim], score [N, 1], z [N, F])``.
+    ``= arange(E)``; or ``rbf [R, F]`` with ``edge_row [E]`` (each bond and its reverse share a row:
+    the four edge projections then cost R = E/2 rows). Returns ``(x' [N, F], out [N, out_dim],
+    score [N, 1], z [N, F])``.
     """
 
     def __init__(self, dim: int, out_dim: int = 1):
@@ -60,21 +72,25 @@ class LocalMessagePassing(PlexLayer):
         self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
         self.reset_parameters()
 
-    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-        return _edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
+                           edge_row: Optional[Tensor] = None) -> Tensor:
+        return (_edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim, edge_row)
+                * _rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
-                ptr: Tensor, trip: Triplets, edge_ids: Tensor):
+                ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
         src, dst = edge_index[0], edge_index[1]
         res_x = x
         h = self.mlp_x1(x)
-        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
+        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst, edge_row)
         a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2)
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1)
         m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, a2, trip.two_hop_ptr)
         m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
+        rows = edge_ids if edge_row is None else edge_row
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, rows, edge_row,
+                          self.dim)
         return self.update_and_output(h, res_x)
 
 
@@ -98,17 +114,21 @@ class LocalMessagePassingS(PlexLayer):
         self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
         self.reset_parameters()
 
-    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor) -> Tensor:
-        return _edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim) * self.lin_rbf(rbf)
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
+                           edge_row: Optional[Tensor] = None) -> Tensor:
+        return (_edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim, edge_row)
+                * _rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
-                trip: Triplets, edge_ids: Tensor):
+                trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
         src, dst = edge_index[0], edge_index[1]
         res_x = x
         h = self.mlp_x1(x)
-        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst)
+        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst, edge_row)
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
         m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, self.dim)
+        rows = edge_ids if edge_row is None else edge_row
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, rows, edge_row,
+                          self.dim)
         return self.update_and_output(h, res_x)

@@ -109,6 +109,8 @@ class Graphs(NamedTuple):
     edge_ids_l: Tensor    # arange(El)
     pair_g: Optional[Tensor] = None      # [R] one global edge per unordered pair (symmetric graphs)
     edge_row_g: Optional[Tensor] = None  # [Eg] the pair (row of the edge terms) of each global edge
+    pair_l: Optional[Tensor] = None      # [Rl] same for the local plex (bonds are symmetric)
+    edge_row_l: Optional[Tensor] = None  # [El]
 
 
 def _ptr(dst: Tensor, num_nodes: int) -> Tensor:
@@ -179,7 +181,7 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
         raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
     dist_g = _dist(pos, ei_g)
     pairs = pair_rows(ei_g, n) if cfg.global_graph == "radius" else None
-    pair_g, edge_row_g = pairs if pairs is not None else (None, None)
+    pair_g, edge_row_g = pairs or (None, None)
 
     if cfg.local_graph == "bonds":
         if bonds is None:
@@ -194,9 +196,11 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
     else:
         raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
     dist_l = _dist(pos, ei_l)
+    pair_l, edge_row_l = pair_rows(ei_l, n) or (None, None)
     trip = ops.triplets(ei_l, n, include_self_pairs=compat)
     edge_ids = torch.arange(ei_l.size(1), device=pos.device)
-    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g)
+    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
+                  pair_l, edge_row_l)
 
 
 class PAMNetState(NamedTuple):
@@ -208,7 +212,7 @@ class PAMNetState(NamedTuple):
     z_l: List[Tensor]     # per layer [N, F]: same, local plex
     rbf_g: Tensor         # [Eg, F] shared global edge embedding ([R, F], one row per pair, when
                           # graphs.edge_row_g is set)
-    rbf_l: Tensor         # [El, F] shared local edge embedding
+    rbf_l: Tensor         # [El, F] shared local edge embedding ([Rl, F] with graphs.edge_row_l)
     graphs: Graphs
     pos: Tensor           # [N, 3]
     batch: Tensor         # [N]
@@ -290,10 +294,11 @@ class _PAMNetBase(nn.Module):
         x = self.embed(data)
         batch, num_graphs = _batch_of(data, x.size(0), x.device)
         g = graphs if graphs is not None else self.build_graphs(data)
-        # Symmetric global graphs: edge terms once per unordered pair, shared by both directions.
-        dist_rows = g.dist_g if g.pair_g is None else g.dist_g.index_select(0, g.pair_g)
-        rbf_g = self.mlp_rbf_g(self.rbf_g(dist_rows))
-        rbf_l = self.mlp_rbf_l(self.rbf_l(g.dist_l))
+        # Symmetric plexes: edge terms once per unordered pair, shared by both directions.
+        dist_g = g.dist_g if g.pair_g is None else g.dist_g.index_select(0, g.pair_g)
+        dist_l = g.dist_l if g.pair_l is None else g.dist_l.index_select(0, g.pair_l)
+        rbf_g = self.mlp_rbf_g(self.rbf_g(dist_g))
+        rbf_l = self.mlp_rbf_l(self.rbf_l(dist_l))
         sbf = self._sbf(pos, g)
         outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
         src_g = g.edge_index_g[0]
@@ -352,7 +357,7 @@ class PAMNet(_PAMNetBase):
         return sbf2, sbf1
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
-        return layer(x, rbf_l, sbf[0], sbf[1], g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l)
+        return layer(x, rbf_l, sbf[0], sbf[1], g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)
 
 
 class PAMNetS(_PAMNetBase):
@@ -367,4 +372,4 @@ class PAMNetS(_PAMNetBase):
         return self.mlp_sbf(self.sbf(g.dist_l[g.trip.one_hop_j2i], one))
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
-        return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l)
+        return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)
