@@ -22,6 +22,9 @@ import _data
 HERE = __file__
 
 MODELS = ["PAMNet", "PAMNet-s", "PAMNet (unfused reference)", "DimeNet++", "SchNet"]
+# PAMNet with every dense layer on aten's F.linear (MKL), the GEMM backend of the PyG models: the part
+# of PAMNet's lead that does not come from oneDNN's faster matmul (pamnet_fast.ops.dense). Batch 128 only.
+ATEN_GEMM = "PAMNet (aten GEMM)"
 MODES = ["inference", "train"]
 BATCH_SIZES_FULL = [128, 32]
 BATCH_SIZES_QUICK = [8]
@@ -65,6 +68,14 @@ def schnet_kwargs() -> dict:
 def make_model(name: str, kind: str = "qm9"):
     """``(module, forward(batch) -> [B, 1])``; skips when the model's code is not there yet."""
     torch.manual_seed(0)
+    if name == ATEN_GEMM:
+        from pamnet_fast import ops
+        model, _ = make_model("PAMNet", kind)
+
+        def forward(b):
+            with ops.aten_linear():
+                return model(b)
+        return model, forward
     if name in ("PAMNet", "PAMNet-s", "PAMNet (unfused reference)"):
         PAMNet, PAMNetS, _ = _pamnet()
         cfg = pamnet_config(kind)
@@ -197,7 +208,7 @@ def count_flops(case: _data.Case) -> dict:
 def _qm9_params():
     sizes = BATCH_SIZES_QUICK if _data.quick() else BATCH_SIZES_FULL
     return [pytest.param(m, bs, mode, id=f"{mode}-bs{bs}-{m}") for mode in MODES for bs in sizes
-            for m in MODELS]
+            for m in MODELS + ([ATEN_GEMM] if bs == 128 else [])]
 
 
 @pytest.mark.parametrize("model_name,batch_size,mode", _qm9_params())

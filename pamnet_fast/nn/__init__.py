@@ -1,7 +1,8 @@
 """PAMNet models on the fused ops: layers, bases, fusion, heads and the authors'-checkpoint loader;
 SchNet and DimeNet++ baselines (PyG's models on our ops)."""
 from .basis import BesselBasis, SphericalBasis
-from .global_mp import MLP, GlobalMessagePassing, Res
+from .dense import MLP, Linear, LinearSiLU
+from .global_mp import GlobalMessagePassing, Res
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 from .fusion import AttentionFusion, graph_mean, graph_sum, readout, signed_sum
 from .pamnet import Graphs, PAMNet, PAMNetConfig, PAMNetS, PAMNetState, build_graphs, sort_edges
@@ -10,7 +11,7 @@ from .baselines import DimeNetPlusPlusBaseline, DimeNetPlusPlusConfig, SchNetBas
 from .compat import load_reference_state_dict, reference_key_map, to_reference_state_dict
 
 __all__ = [
-    "BesselBasis", "SphericalBasis", "MLP", "Res", "GlobalMessagePassing", "LocalMessagePassing",
+    "BesselBasis", "SphericalBasis", "MLP", "Linear", "LinearSiLU", "Res", "GlobalMessagePassing", "LocalMessagePassing",
     "LocalMessagePassingS", "AttentionFusion", "graph_sum", "graph_mean", "readout", "signed_sum",
     "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges",
     "DipoleHead", "ProteinLigandHead", "complex_batch", "load_reference_state_dict",

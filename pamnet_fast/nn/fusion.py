@@ -1,7 +1,7 @@
 r"""Attention fusion of the two plexes and the graph readouts."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -6,14 +6,14 @@ Parameter names follow the authors' PAMNet code (``mlp_x1.0.0.weight``, ``res1.m
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import ops
+from .dense import MLP, Linear
 
 
 def _wants_checkpoint(module: nn.Module, *tensors: Tensor) -> bool:
@@ -29,12 +29,6 @@ def maybe_checkpoint(module: nn.Module, fn, *args: Tensor):
     if _wants_checkpoint(module, *args, *module.parameters()):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
-
-
-def MLP(channels: Sequence[int]) -> nn.Sequential:
-    """``[Linear(c0, c1), SiLU, Linear(c1, c2), SiLU, ...]`` as nested ``Sequential(Linear, SiLU)``."""
-    return nn.Sequential(*[nn.Sequential(nn.Linear(channels[i - 1], channels[i]), nn.SiLU())
-                           for i in range(1, len(channels))])
 
 
 def reset_mlp(mlp: nn.Module):
@@ -89,7 +83,7 @@ class PlexLayer(nn.Module):
         self.res2 = Res(dim)
         self.res3 = Res(dim)
         self.mlp_out = MLP([dim, dim, dim, dim])
-        self.W_out = nn.Linear(dim, out_dim)
+        self.W_out = Linear(dim, out_dim)
         self.W = nn.Parameter(torch.empty(dim, 1))
 
     def reset_parameters(self):
@@ -135,7 +129,7 @@ class GlobalMessagePassing(PlexLayer):
     def __init__(self, dim: int, out_dim: int = 1):
         super().__init__(dim, out_dim)
         self.mlp_m = MLP([3 * dim, dim])
-        self.W_edge_attr = nn.Linear(dim, dim, bias=False)
+        self.W_edge_attr = Linear(dim, dim, bias=False)
         self.reset_parameters()
 
     def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
@@ -144,9 +138,9 @@ class GlobalMessagePassing(PlexLayer):
         h = self.mlp_x1(x)
         lin = self.mlp_m[0][0]
         w_i, w_j, w_e = split_message_weight(lin, self.dim)
-        p = F.linear(h, w_i, lin.bias)
-        q = F.linear(h, w_j)
-        r = F.linear(edge_attr, w_e)
+        p = ops.linear(h, w_i, lin.bias)
+        q = ops.linear(h, w_j)
+        r = ops.linear(edge_attr, w_e)
         s = self.W_edge_attr(edge_attr)
         h = h + ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)
         return self.update_and_output(h, res_x)

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .dense import Linear
 from .fusion import graph_mean, graph_sum, signed_sum
 
 
@@ -39,10 +40,10 @@ class DipoleHead(nn.Module):
         super().__init__()
         self.charges = charges
         c = 2 if charges else 1
-        self.lin_g = nn.Linear(dim, c, bias=False)  # W'_g (and W''_g)
-        self.lin_l = nn.Linear(dim, c, bias=False)
-        self.phi_g = nn.Linear(dim, 1)
-        self.phi_l = nn.Linear(dim, 1)
+        self.lin_g = Linear(dim, c, bias=False)  # W'_g (and W''_g)
+        self.lin_l = Linear(dim, c, bias=False)
+        self.phi_g = Linear(dim, 1)
+        self.phi_l = Linear(dim, 1)
         self.reset_parameters()
 
     def reset_parameters(self):

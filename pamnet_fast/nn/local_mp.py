@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import Triplets
-from .global_mp import MLP, PlexLayer, maybe_checkpoint, split_message_weight
+from .dense import MLP, Linear
+from .global_mp import PlexLayer, maybe_checkpoint, split_message_weight
 
 
 def _rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
@@ -21,9 +22,9 @@ def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Te
     r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b)`` ``[E, F]``, from node projections (no ``[E, 3F]``
     concat); ``edge_attr`` has one row per edge, or per ``edge_row`` entry."""
     w_i, w_j, w_e = split_message_weight(lin, dim)
-    p = F.linear(h, w_i, lin.bias)
-    q = F.linear(h, w_j)
-    e = _rows(F.linear(edge_attr, w_e), edge_row)
+    p = ops.linear(h, w_i, lin.bias)
+    q = ops.linear(h, w_j)
+    e = _rows(ops.linear(edge_attr, w_e), edge_row)
     return F.silu(p.index_select(0, dst) + q.index_select(0, src) + e)
 
 
@@ -32,9 +33,9 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
     r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused;
     ``edge_attr`` and ``gate`` have the rows ``rows`` of the edges (``edge_row``, or ``arange(E)``)."""
     w_i, w_j, w_e = split_message_weight(lin_ji, dim)
-    p = F.linear(h, w_i, lin_ji.bias)
-    q = F.linear(h, w_j)
-    out = ops.fused_edge_message(p, q, F.linear(edge_attr, w_e), gate, ptr, src, edge_row)
+    p = ops.linear(h, w_i, lin_ji.bias)
+    q = ops.linear(h, w_j)
+    out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row)
     return out + ops.segment_gather_mul(gate, rows, m_other, ptr)
 
 
@@ -68,8 +69,8 @@ class LocalMessagePassing(PlexLayer):
         self.mlp_m_ji = MLP([3 * dim, dim])
         self.mlp_m_kj = MLP([3 * dim, dim])
         self.mlp_sbf = MLP([dim, dim, dim])
-        self.lin_rbf = nn.Linear(dim, dim, bias=False)
-        self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
+        self.lin_rbf = Linear(dim, dim, bias=False)
+        self.lin_rbf_out = Linear(dim, dim, bias=False)
         self.reset_parameters()
 
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
@@ -110,8 +111,8 @@ class LocalMessagePassingS(PlexLayer):
         self.mlp_m_ji = MLP([3 * dim, dim])
         self.mlp_m_jj = MLP([3 * dim, dim])
         self.mlp_sbf = MLP([dim, dim, dim])
-        self.lin_rbf = nn.Linear(dim, dim, bias=False)
-        self.lin_rbf_out = nn.Linear(dim, dim, bias=False)
+        self.lin_rbf = Linear(dim, dim, bias=False)
+        self.lin_rbf_out = Linear(dim, dim, bias=False)
         self.reset_parameters()
 
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,

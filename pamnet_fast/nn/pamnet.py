@@ -24,7 +24,8 @@ from .. import ops
 from ..ops.reference import pair_distance
 from .basis import BesselBasis, SphericalBasis
 from .fusion import AttentionFusion, readout
-from .global_mp import MLP, GlobalMessagePassing
+from .dense import MLP, Linear
+from .global_mp import GlobalMessagePassing
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 
 
@@ -239,7 +240,7 @@ class _PAMNetBase(nn.Module):
         self.dim = d = cfg.dim
         compat = cfg.reference_compat
         if cfg.in_features:
-            self.init_linear = nn.Linear(cfg.in_features, d, bias=False)
+            self.init_linear = Linear(cfg.in_features, d, bias=False)
         else:
             self.embeddings = nn.Parameter(torch.empty(len(cfg.atom_types), d))
             index = torch.full((max(cfg.atom_types) + 1,), -1, dtype=torch.long)

@@ -8,9 +8,11 @@ from .graph import knn_graph, radius_graph
 from .triplets import Triplets, triplet_angles, triplets
 from .message import fused_edge_message, segment_gather_mul
 from .basis import bessel_basis, bessel_frequencies, spherical_basis, spherical_bessel_zeros
+from .dense import aten_linear, linear, linear_backend, linear_silu
 
 __all__ = [
     "backend", "extension_error", "radius_graph", "knn_graph", "triplets", "Triplets", "triplet_angles",
     "segment_gather_mul", "fused_edge_message", "bessel_basis", "bessel_frequencies", "spherical_basis",
-    "spherical_bessel_zeros",
+    "spherical_bessel_zeros", "linear", "linear_silu", "linear_backend",
+    "aten_linear",
 ]
