@@ -121,16 +121,35 @@ void spherical_jn(int64_t l, double z, double* j, double* dj) {
   *dj = jm - double(l + 1) / z * jc;
 }
 
+constexpr int64_t kSeriesTerms = 30;  // as spherical_jn
+
 struct SphericalTables {
   int64_t L, N;
   std::vector<double> zeros, norm, ylm;  // [L*N], [L*N], [L]
+  // Power series of j_l(z) / z^l in w = z^2: c[l][k] = (-1/2)^k / (k! (2l+1)!! (2l+3)...(2l+2k+1)),
+  // used for z < max(l, 1) + 1/2; terms[l]: the terms whose size there exceeds 1e-18 of the first.
+  std::vector<double> series;  // [L * kSeriesTerms]
+  std::vector<int64_t> terms;  // [L]
   explicit SphericalTables(const at::Tensor& zeros_t) : L(zeros_t.size(0)), N(zeros_t.size(1)) {
     auto z = zeros_t.to(at::kDouble).cpu().contiguous();
     const double* zp = z.data_ptr<double>();
     zeros.assign(zp, zp + L * N);
     norm.resize(L * N);
     ylm.resize(L);
+    series.resize(L * kSeriesTerms);
+    terms.assign(L, kSeriesTerms);
     for (int64_t l = 0; l < L; ++l) {
+      double dfact = 1.0;
+      for (int64_t k = 1; k <= 2 * l + 1; k += 2) dfact *= double(k);
+      double c = 1.0 / dfact;
+      const double lim = double(std::max<int64_t>(l, 1)) + 0.5;
+      double size = 1.0;  // |term k| / |term 0| at z = lim
+      for (int64_t k = 0; k < kSeriesTerms; ++k) {
+        series[l * kSeriesTerms + k] = c;
+        if (size < 1e-18 && terms[l] == kSeriesTerms) terms[l] = k;
+        c *= -0.5 / (double(k + 1) * double(2 * l + 2 * k + 3));
+        size *= 0.5 * lim * lim / (double(k + 1) * double(2 * l + 2 * k + 3));
+      }
       ylm[l] = std::sqrt(double(2 * l + 1) / (4.0 * M_PI));
       for (int64_t n = 0; n < N; ++n) {
         double j, dj;
@@ -140,6 +159,31 @@ struct SphericalTables {
     }
   }
 };
+
+// j_l(z) alone (the forward pass): the series (its first `terms` terms) by Horner's rule below
+// max(l, 1) + 1/2, else the upward recurrence from one sincos, as spherical_jn.
+inline double spherical_jn_value(int64_t l, double z, const double* coef, int64_t terms) {
+  if (z < double(std::max<int64_t>(l, 1)) + 0.5) {
+    const double w = z * z;
+    double sum = coef[terms - 1];
+    for (int64_t k = terms - 2; k >= 0; --k) sum = sum * w + coef[k];
+    double zl = 1.0;
+    for (int64_t k = 0; k < l; ++k) zl *= z;
+    return zl * sum;
+  }
+  double s, c;
+  sincos(z, &s, &c);
+  const double inv_z = 1.0 / z;
+  double jm = s * inv_z;
+  if (l == 0) return jm;
+  double jc = (s * inv_z - c) * inv_z;
+  for (int64_t k = 1; k < l; ++k) {
+    const double jn = double(2 * k + 1) * inv_z * jc - jm;
+    jm = jc;
+    jc = jn;
+  }
+  return jc;
+}
 
 // P_l(x) and P_l'(x) for l < L (Bonnet's recurrence; P'_{l+1} = P'_{l-1} + (2l+1) P_l).
 void legendre(int64_t L, double x, double* P, double* dP) {
@@ -243,12 +287,13 @@ at::Tensor spherical_basis_kernel(const at::Tensor& dist, const at::Tensor& angl
         }
         const double u = env.value(x);
         legendre(L, std::cos(double(a[t])), P.data(), dP.data());
-        for (int64_t l = 0; l < L; ++l)
+        for (int64_t l = 0; l < L; ++l) {
+          const double* coef = tab.series.data() + l * kSeriesTerms;
           for (int64_t n = 0; n < N; ++n) {
-            double j, dj;
-            spherical_jn(l, tab.zeros[l * N + n] * x, &j, &dj);
+            const double j = spherical_jn_value(l, tab.zeros[l * N + n] * x, coef, tab.terms[l]);
             row[l * N + n] = scalar_t(u * tab.norm[l * N + n] * j * tab.ylm[l] * P[l]);
           }
+        }
       }
     });
   });
