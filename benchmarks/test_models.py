@@ -177,6 +177,14 @@ def _fused_op_flop_formulas() -> dict:
             formulas[getattr(ns, name)] = fn
         except (AttributeError, RuntimeError):
             pass
+
+    def onednn_linear(x, w, *args, out_shape=None, **kw):  # a matmul: counted with them
+        return 2 * x[0] * x[1] * w[0]
+
+    try:
+        formulas[torch.ops.mkldnn._linear_pointwise] = onednn_linear
+    except (AttributeError, RuntimeError):
+        pass
     return formulas
 
 

@@ -221,3 +221,24 @@ def test_global_pairs_share_edge_terms():
     for graphs in (unshared, g._replace(pair_g=None, edge_row_g=None),
                    g._replace(pair_l=None, edge_row_l=None)):
         assert rel_err(shared, model.encode(data, graphs).node_out) <= 1e-12
+
+
+def test_checkpoint_recomputes_with_the_forward_dense_backend():
+    # The dense layers' backend (oneDNN or aten) chosen in the forward is the one the checkpointed
+    # recomputation uses, even when the backward runs outside ops.aten_linear().
+    from pamnet_fast import ops
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2))
+    data = random_batch([5, 7, 4], seed=2, dtype=torch.float32)
+    grads = []
+    for forward_only in (False, True):
+        model.zero_grad()
+        with ops.aten_linear():
+            out = model(data).sum()
+            if not forward_only:
+                out.backward()
+        if forward_only:
+            out.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)

@@ -5,6 +5,7 @@ Parameter names follow the authors' PAMNet code (``mlp_x1.0.0.weight``, ``res1.m
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Tuple
 
@@ -23,11 +24,18 @@ def _wants_checkpoint(module: nn.Module, *tensors: Tensor) -> bool:
             and any(t.requires_grad for t in tensors))
 
 
+def _same_dense_backend():
+    """Checkpoint contexts (forward, recomputation): the recomputation uses the dense-layer backend
+    of the forward (:func:`pamnet_fast.ops.aten_linear` may be active in one and not the other)."""
+    aten = ops.linear_backend() == "aten"
+    return contextlib.nullcontext(), (ops.aten_linear() if aten else contextlib.nullcontext())
+
+
 def maybe_checkpoint(module: nn.Module, fn, *args: Tensor):
     """``fn(*args)``, activation-checkpointed (non-reentrant) when :func:`_wants_checkpoint`; the
     recomputation is bitwise the same forward, so values and gradients are unchanged."""
     if _wants_checkpoint(module, *args, *module.parameters()):
-        return checkpoint(fn, *args, use_reentrant=False)
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=_same_dense_backend)
     return fn(*args)
 
 
