@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .dense import Linear
 from .fusion import graph_mean, graph_sum, signed_sum
+from .local_mp import edge_rows
 
 
 class DipoleHead(nn.Module):
@@ -62,13 +63,10 @@ class DipoleHead(nn.Module):
         alpha = state.alpha  # [T, N, 2]
         s_g = (self.lin_g(torch.stack(state.z_g)) * alpha[..., :1]).sum(0)  # [N, c]
         s_l = (self.lin_l(torch.stack(state.z_l)) * alpha[..., 1:]).sum(0)
-        w_g = self.phi_g(state.rbf_g)  # per pair when the global edge terms are shared: expand
-        if g.edge_row_g is not None:
-            w_g = w_g.index_select(0, g.edge_row_g)
+        # rbf_g / rbf_l hold one row per pair when the edge terms are shared: expanded per edge
+        w_g = edge_rows(self.phi_g(state.rbf_g), g.edge_row_g)
+        w_l = edge_rows(self.phi_l(state.rbf_l), g.edge_row_l)
         nu_g = self.geometric_vectors(state.pos, g.edge_index_g, w_g)
-        w_l = self.phi_l(state.rbf_l)
-        if g.edge_row_l is not None:
-            w_l = w_l.index_select(0, g.edge_row_l)
         nu_l = self.geometric_vectors(state.pos, g.edge_index_l, w_l)
         mu = s_g[:, :1] * nu_g + s_l[:, :1] * nu_l
         if self.charges:

@@ -12,8 +12,8 @@ from .dense import MLP, Linear
 from .global_mp import PlexLayer, maybe_checkpoint, split_message_weight
 
 
-def _rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
-    """Per-edge ``[E, F]`` from per-row ``t`` (rows shared by an edge and its reverse), or ``t``."""
+def edge_rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
+    """Per-edge ``[E, ...]`` from per-row ``t`` (rows shared by an edge and its reverse), or ``t``."""
     return t if edge_row is None else t.index_select(0, edge_row)
 
 
@@ -24,14 +24,17 @@ def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Te
     w_i, w_j, w_e = split_message_weight(lin, dim)
     p = ops.linear(h, w_i, lin.bias)
     q = ops.linear(h, w_j)
-    e = _rows(ops.linear(edge_attr, w_e), edge_row)
+    e = edge_rows(ops.linear(edge_attr, w_e), edge_row)
     return F.silu(p.index_select(0, dst) + q.index_select(0, src) + e)
 
 
 def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
-              src: Tensor, ptr: Tensor, rows: Tensor, edge_row: Optional[Tensor], dim: int) -> Tensor:
+              src: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor],
+              dim: int) -> Tensor:
     r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused;
-    ``edge_attr`` and ``gate`` have the rows ``rows`` of the edges (``edge_row``, or ``arange(E)``)."""
+    ``edge_attr`` and ``gate`` have one row per edge (``edge_ids = arange(E)``) or per ``edge_row``
+    entry."""
+    rows = edge_ids if edge_row is None else edge_row
     w_i, w_j, w_e = split_message_weight(lin_ji, dim)
     p = ops.linear(h, w_i, lin_ji.bias)
     q = ops.linear(h, w_j)
@@ -76,7 +79,7 @@ class LocalMessagePassing(PlexLayer):
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
                            edge_row: Optional[Tensor] = None) -> Tensor:
         return (_edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim, edge_row)
-                * _rows(self.lin_rbf(rbf), edge_row))
+                * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
                 ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
@@ -89,8 +92,7 @@ class LocalMessagePassing(PlexLayer):
         m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, a2, trip.two_hop_ptr)
         m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
-        rows = edge_ids if edge_row is None else edge_row
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, rows, edge_row,
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
                           self.dim)
         return self.update_and_output(h, res_x)
 
@@ -118,7 +120,7 @@ class LocalMessagePassingS(PlexLayer):
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
                            edge_row: Optional[Tensor] = None) -> Tensor:
         return (_edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim, edge_row)
-                * _rows(self.lin_rbf(rbf), edge_row))
+                * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
                 trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
@@ -129,7 +131,6 @@ class LocalMessagePassingS(PlexLayer):
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
         m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
         gate = self.lin_rbf_out(rbf)
-        rows = edge_ids if edge_row is None else edge_row
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, rows, edge_row,
+        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
                           self.dim)
         return self.update_and_output(h, res_x)

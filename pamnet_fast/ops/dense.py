@@ -96,15 +96,19 @@ def _fast(x: Tensor, weight: Tensor) -> bool:
             and not torch.compiler.is_compiling() and linear_backend() == "onednn")
 
 
+def _on_rows(fn, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``fn`` on contiguous 2-D operands (``x`` flattened to ``[rows, in]``), reshaped back."""
+    y = fn(x.reshape(-1, x.size(-1)).contiguous(), weight.contiguous(),
+           None if bias is None else bias.contiguous())
+    return y if x.dim() == 2 else y.view(*x.shape[:-1], weight.size(0))
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x [..., in]``, ``weight [out, in]``, ``bias [out]`` -> ``[..., out]``;
     through oneDNN on CPU float32 (see the module docstring)."""
     if not _fast(x, weight):
         return F.linear(x, weight, bias)
-    shape = x.shape
-    y = _OneDNNLinear.apply(x.reshape(-1, shape[-1]).contiguous(), weight.contiguous(),
-                            None if bias is None else bias.contiguous())
-    return y if x.dim() == 2 else y.view(*shape[:-1], weight.size(0))
+    return _on_rows(_OneDNNLinear.apply, x, weight, bias)
 
 
 def linear_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -114,7 +118,4 @@ def linear_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Ten
                                              or (bias is not None and bias.requires_grad))
     if recording or not _fast(x, weight):
         return F.silu(linear(x, weight, bias))
-    shape = x.shape
-    y = _pointwise(x.reshape(-1, shape[-1]).contiguous(), weight.contiguous(),
-                   None if bias is None else bias.contiguous(), "swish")
-    return y if x.dim() == 2 else y.view(*shape[:-1], weight.size(0))
+    return _on_rows(lambda *a: _pointwise(*a, "swish"), x, weight, bias)
