@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-PUBLIC_MODELS = ("pamnet", "pamnet-s", "schnet", "dimenet++")  # the last two: baselines
-_HIDDEN_MODELS = ("tiny",)  # used by the tests only
-
 # Defaults of the budgeted quick run (``pamnet-fast train`` without --epochs/--max-time).
 # PAMNet costs ~0.4 s per batch of 32 on 2 CPU cores, so in 10 minutes it sees ~50k molecules: a
 # training subset of 10k gives ~5 epochs (the EMA model is validated a few times), with subsampled
@@ -30,54 +27,14 @@ QUICK = {"max_time": 600.0, "train_size": 10000, "val_size": 500, "test_size": 2
          "batch_size": 32}
 
 
-# ---------------------------------------------------------------------- model registry
-def _unknown_model(name: str) -> str:
-    return f"unknown model {name!r}; valid models: {', '.join(PUBLIC_MODELS)}"
-
-
-def _model_classes(name: str):
-    """(module class, config class) of a registered model name. Imports are lazy."""
-    if name == "tiny":
-        from .train.tiny import TinyConfig, TinyModel
-        return TinyModel, TinyConfig
-    if name not in PUBLIC_MODELS:
-        raise ValueError(_unknown_model(name))
-    from . import nn as pnn
-    return {"pamnet": (pnn.PAMNet, pnn.PAMNetConfig), "pamnet-s": (pnn.PAMNetS, pnn.PAMNetConfig),
-            "schnet": (pnn.SchNetBaseline, pnn.SchNetConfig),
-            "dimenet++": (pnn.DimeNetPlusPlusBaseline, pnn.DimeNetPlusPlusConfig)}[name]
-
-
-def _default_config(name: str):
-    _, Cfg = _model_classes(name)
-    return Cfg.qm9() if hasattr(Cfg, "qm9") else Cfg()
-
-
-def default_model_config(name: str) -> dict:
-    """The config dict ``build_model(name)`` uses (the QM9 preset), without building the model."""
-    from .train.checkpoint import config_to_dict
-    return config_to_dict(_default_config(name))
-
-
-def build_model(name: str, config: Optional[dict] = None):
-    """``pamnet`` -> ``PAMNet(PAMNetConfig.qm9())``, ``pamnet-s`` -> ``PAMNetS(...)``, ``schnet`` ->
-    :class:`~pamnet_fast.nn.SchNetBaseline` (PyG defaults), ``dimenet++`` ->
-    :class:`~pamnet_fast.nn.DimeNetPlusPlusBaseline` (paper QM9 settings); a stored config dict (from a
-    checkpoint) recreates the same architecture."""
-    cls, Cfg = _model_classes(name)
-    if not config:
-        return cls(_default_config(name))
-    if hasattr(Cfg, "from_dict"):
-        return cls(Cfg.from_dict(config))
-    import dataclasses
-    names = {f.name for f in dataclasses.fields(Cfg)}
-    return cls(Cfg(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in names}))
+# ---------------------------------------------------------------------- registries
+from .train.models import build_model, default_model_config, model_names  # noqa: E402  (re-exported)
 
 
 def _model_type(s: str) -> str:
-    if s in PUBLIC_MODELS or s in _HIDDEN_MODELS:
+    if s in model_names(public_only=False):
         return s
-    raise argparse.ArgumentTypeError(_unknown_model(s))
+    raise argparse.ArgumentTypeError(f"unknown model {s!r}; valid models: {', '.join(model_names())}")
 
 
 def parse_duration(s: str) -> float:
@@ -96,9 +53,16 @@ def parse_duration(s: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid duration {s!r} (examples: 600, 600s, 10m, 1.5h)")
 
 
-def _targets():
+def _qm9_targets():
     from .data.qm9 import TARGETS
     return TARGETS
+
+
+def _dataset_type(s: str) -> str:
+    from .train.datasets import dataset_names
+    if s in dataset_names():
+        return s
+    raise argparse.ArgumentTypeError(f"unknown dataset {s!r}; valid datasets: {', '.join(dataset_names())}")
 
 
 def _device(s: str) -> str:
@@ -110,7 +74,6 @@ def _device(s: str) -> str:
 
 # ---------------------------------------------------------------------- parser
 def make_parser() -> argparse.ArgumentParser:
-    targets = _targets()
     p = argparse.ArgumentParser(prog="pamnet-fast", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,data}")
 
@@ -122,14 +85,19 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
         sp.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
 
-    t = sub.add_parser("train", help="train a model on a QM9 target")
-    t.add_argument("--model", type=_model_type, default="pamnet", metavar="{" + ",".join(PUBLIC_MODELS) + "}",
+    from .train.datasets import dataset_names
+    t = sub.add_parser("train", help="train a model on a dataset (default: QM9 U0)")
+    t.add_argument("--model", type=_model_type, default="pamnet", metavar="{" + ",".join(model_names()) + "}",
                    help="pamnet (default), pamnet-s, or the baselines schnet and dimenet++ (PyG's SchNet with "
                         "its defaults and DimeNet++ with its paper's QM9 settings, run on our ops)")
     # JSON overrides of the model config (small models for the tests)
     t.add_argument("--model-config", default=None, help=argparse.SUPPRESS)
-    t.add_argument("--target", choices=targets, default="U0", metavar="TARGET",
-                   help=f"QM9 target, one of: {', '.join(targets)} (default U0)")
+    t.add_argument("--dataset", type=_dataset_type, default="qm9", metavar="{" + ",".join(dataset_names()) + "}",
+                   help="training data (default qm9, from the qm9pack package)")
+    t.add_argument("--root", default=None, help="dataset location, for datasets the user provides")
+    t.add_argument("--target", default=None, metavar="TARGET",
+                   help="target of the dataset (QM9: one of " + ", ".join(_qm9_targets()) + "; default U0)")
+    t.add_argument("--loss", choices=("l1", "mse"), default=None, help="default: the dataset's (QM9: l1)")
     t.add_argument("--max-time", type=parse_duration, default=None,
                    help="time budget (e.g. 600, 10m, 2h) counted from when the data and model are ready "
                         "(a first-time QM9 processing is extra); training stops cleanly, evaluates the EMA "
@@ -184,18 +152,15 @@ def _setup(args):
     return torch
 
 
-def _load_qm9(args, target="U0"):
-    from .data import QM9
-    return QM9(args.cache_dir, target=target, limit=args.limit, verbose=not args.quiet)
-
-
-def _split(ds, seed, train_size=None, val_size=None, test_size=None):
-    sp = ds.split(seed=seed, train_size=train_size)
-    if val_size is not None:
-        sp["val"] = sp["val"][:val_size]
-    if test_size is not None:
-        sp["test"] = sp["test"][:test_size]
-    return sp
+def _load_task(args, meta: dict):
+    """The dataset of a run: ``meta`` are :func:`~pamnet_fast.train.datasets.load_dataset` options (as
+    stored in checkpoints); the command line's ``--cache-dir`` / ``--limit`` / ``--quiet`` apply."""
+    from .train.datasets import load_dataset
+    opts = {k: v for k, v in meta.items() if v is not None}
+    opts.setdefault("dataset", "qm9")
+    if args.limit is not None:
+        opts["limit"] = args.limit
+    return load_dataset(**opts, cache_dir=args.cache_dir, verbose=not args.quiet)
 
 
 def _resolve_checkpoint(path: str) -> Path:
@@ -213,7 +178,7 @@ def load_trained(path: str, device: str = "cpu"):
     from .train.checkpoint import load_checkpoint
     f = _resolve_checkpoint(path)
     st = load_checkpoint(f)
-    model = build_model(st["model_name"], st.get("model_config"))
+    model = build_model(st["model_name"], st.get("model_config"), (st.get("meta") or {}).get("dataset", "qm9"))
     weights = st.get("best_state") or (st["ema"]["module"] if "ema" in st else st["model"])
     try:
         model.load_state_dict(weights)
@@ -252,60 +217,61 @@ def cmd_train(args) -> int:
     t_origin = time.time()
     torch = _setup(args)
     import numpy as np
-    from torch.utils.data import Subset
-    from .data.qm9 import TARGET_UNITS, target_index
     from .train import TrainConfig, Trainer
     from .train.dist import env_world
     quick = args.epochs is None and args.max_time is None
+    sizes = QUICK if quick and args.dataset == "qm9" else {}  # QM9's quick run subsamples its splits
     max_time = args.max_time if args.max_time is not None else (QUICK["max_time"] if quick else None)
-    train_size = args.train_size if args.train_size is not None else (QUICK["train_size"] if quick else None)
-    val_size = args.val_size if args.val_size is not None else (QUICK["val_size"] if quick else None)
-    test_size = args.test_size if args.test_size is not None else (QUICK["test_size"] if quick else None)
+    train_size = args.train_size if args.train_size is not None else sizes.get("train_size")
+    val_size = args.val_size if args.val_size is not None else sizes.get("val_size")
+    test_size = args.test_size if args.test_size is not None else sizes.get("test_size")
     lr = args.lr if args.lr is not None else (QUICK["lr"] if quick else 1e-4)
     batch = args.batch_size if args.batch_size is not None else QUICK["batch_size"]
     epochs = args.epochs if args.epochs is not None else 900
     device = _device(args.device)
-    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.target}"
     info = env_world()
     say = (lambda m: None) if (args.quiet or info.rank != 0) else print
-    if quick:
-        say(f"quick run: {args.model} on {args.target}, budget {max_time / 60:.0f} min of training (after "
-            f"data loading and model set-up), train/val/test sizes {train_size}/{val_size}/{test_size}, "
-            f"lr {lr}, batch {batch} (pass --epochs/--max-time for paper settings)")
-    if info.rank == 0 and (out / "checkpoint.pt").exists() and not args.resume:
-        say(f"note: {out}/checkpoint.pt exists and will be overwritten (use --resume to continue)")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    ds = _load_qm9(args, args.target)
-    say(f"data: {ds.summary()} (loaded in {time.time() - t0:.1f} s)")
-    sp = _split(ds, args.split_seed, train_size, val_size, test_size)
+    task = _load_task(args, {"dataset": args.dataset, "root": args.root, "target": args.target,
+                             "split_seed": args.split_seed, "train_size": train_size, "val_size": val_size,
+                             "test_size": test_size})
+    target = task.target_name
+    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{target}"
+    if quick:
+        say(f"quick run: {args.model} on {args.dataset} {target}, budget {max_time / 60:.0f} min of training "
+            f"(after data loading and model set-up), train/val/test sizes {len(task.train)}/"
+            f"{len(task.val or [])}/{len(task.test or [])}, lr {lr}, batch {batch} (pass --epochs/--max-time "
+            f"for paper settings)")
+    if info.rank == 0 and (out / "checkpoint.pt").exists() and not args.resume:
+        say(f"note: {out}/checkpoint.pt exists and will be overwritten (use --resume to continue)")
+    say(f"data: {task.summary} (loaded in {time.time() - t0:.1f} s)")
     torch.manual_seed(args.seed)
     model_config = None
     if args.model_config:
-        model_config = {**default_model_config(args.model), **json.loads(args.model_config)}
-    model = build_model(args.model, model_config)
+        model_config = {**default_model_config(args.model, args.dataset), **json.loads(args.model_config)}
+    model = build_model(args.model, model_config, args.dataset)
     # The budget starts after construction: DimeNet++'s first one derives its basis with sympy (~10 s).
     t_ready = time.time()
     cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, patience=args.patience or None,
                       max_time=max_time, checkpoint_every=args.checkpoint_every, seed=args.seed,
                       device=device, quiet=args.quiet, grad_clip=args.grad_clip or None,
-                      standardize=not args.no_standardize, element_ref=not args.no_element_ref,
-                      target_index=target_index(args.target),
-                      target_name=args.target, unit=TARGET_UNITS[args.target])
-    meta = {"dataset": "qm9", "target": args.target, "split_seed": args.split_seed,
-            "train_size": train_size, "val_size": val_size, "test_size": test_size, "limit": args.limit}
-    trainer = Trainer(model, Subset(ds, sp["train"].tolist()), Subset(ds, sp["val"].tolist()),
-                      Subset(ds, sp["test"].tolist()), cfg, out_dir=out, model_name=args.model,
-                      time_origin=t_ready, meta=meta)
+                      standardize=not args.no_standardize,
+                      element_ref=task.element_ref and not args.no_element_ref,
+                      loss=args.loss or task.loss, target_index=task.target_index,
+                      target_name=target, unit=task.unit)
+    trainer = Trainer(model, task.train, task.val, task.test, cfg, out_dir=out, model_name=args.model,
+                      time_origin=t_ready, meta=task.meta)
     res = trainer.fit(resume=args.resume)
     if info.rank == 0:
-        u = TARGET_UNITS[args.target]
+        u = task.unit
         base = res.get("test_mae_element_baseline")
         base = f" | per-element linear baseline: {base:.4g} {u}" if base is not None else ""
-        print(f"{args.model} {args.target}: test MAE {res['test_mae']:.4g} {u} | predicting the training "
+        rmse = f" | RMSE {res['test_rmse']:.4g} {u}" if "test_rmse" in res else ""
+        print(f"{args.model} {target}: test MAE {res['test_mae']:.4g} {u}{rmse} | predicting the training "
               f"mean: {res.get('test_mae_train_mean', float('nan')):.4g} {u}{base} | best val MAE "
               f"{res['best_val_mae']:.4g} {u} (epoch {res['best_epoch']}) | {res['steps']} steps, "
               f"stopped by {res['stop_reason']} after {time.time() - t_origin:.0f} s | outputs in {out}/")
@@ -314,22 +280,16 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     _setup(args)
-    from torch.utils.data import Subset
-    from .data.qm9 import TARGET_UNITS
+    import numpy as np
+    from .train.metrics import regression_metrics
     device = _device(args.device)
     model, st, f = load_trained(args.checkpoint, device)
-    meta = st.get("meta") or {}
-    if args.limit is None:
-        args.limit = meta.get("limit")
-    ds = _load_qm9(args, meta.get("target", "U0"))
-    sp = _split(ds, meta.get("split_seed", 42), meta.get("train_size"), meta.get("val_size"),
-                meta.get("test_size"))
-    rows = _infer(model, Subset(ds, sp[args.split].tolist()), st, device, args.batch_size)
-    import numpy as np
-    err = np.array([abs(r[1][0] - r[2][0]) for r in rows])
-    unit = TARGET_UNITS.get(meta.get("target", ""), "")
-    print(f"{st['model_name']} {meta.get('target', '')} {args.split} MAE: {err.mean():.6g} {unit} "
-          f"(n={len(rows)}, {f})")
+    task = _load_task(args, st.get("meta") or {})
+    rows = _infer(model, task.split(args.split), st, device, args.batch_size)
+    m = regression_metrics(np.array([r[1][0] for r in rows]), np.array([r[2][0] for r in rows]))
+    unit = task.unit
+    print(f"{st['model_name']} {task.target_name} {args.split} MAE: {m['mae']:.6g} {unit} "
+          f"(n={len(rows)}, {f}) | RMSE {m['rmse']:.6g} {unit} | Pearson R {m['pearson_r']:.4f}")
     return 0
 
 
@@ -371,7 +331,6 @@ def _read_molecules(path: Path):
 def cmd_predict(args) -> int:
     _setup(args)
     import torch
-    from torch.utils.data import Subset
     device = _device(args.device)
     model, st, f = load_trained(args.checkpoint, device)
     meta = st.get("meta") or {}
@@ -393,18 +352,18 @@ def cmd_predict(args) -> int:
             for (i, _, p) in rows:
                 w.writerow([mols[i][0], repr(p[0])])
     else:
-        if args.limit is None:
-            args.limit = meta.get("limit")
-        ds = _load_qm9(args, meta.get("target", "U0"))
-        sp = _split(ds, meta.get("split_seed", 42), meta.get("train_size"), meta.get("val_size"),
-                meta.get("test_size"))
-        rows = _infer(model, Subset(ds, sp[args.split].tolist()), st, device, args.batch_size)
+        task = _load_task(args, meta)
+        target = task.target_name
+        rows = _infer(model, task.split(args.split), st, device, args.batch_size)
         outp = Path(args.output) if args.output else f.parent / f"predictions_{args.split}.csv"
+        info = getattr(task.full, "row_info", None)  # dataset-specific columns (QM9: index, SMILES)
+        extra = list(info(rows[0][0])) if info is not None and rows else []
         with open(outp, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["idx", "qm9_index", "smiles", f"true_{target}", f"pred_{target}", "abs_error"])
+            w.writerow(["idx"] + extra + [f"true_{target}", f"pred_{target}", "abs_error"])
             for (i, y, p) in rows:
-                w.writerow([i, int(ds.mol_id[i]), ds.smiles[i], repr(y[0]), repr(p[0]), repr(abs(y[0] - p[0]))])
+                cols = list(info(i).values()) if extra else []
+                w.writerow([i] + cols + [repr(y[0]), repr(p[0]), repr(abs(y[0] - p[0]))])
     print(f"wrote {len(rows)} predictions to {outp}")
     return 0
 
@@ -427,6 +386,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "train" and args.target is not None:
+        from .train.datasets import dataset_targets_of
+        valid = dataset_targets_of(args.dataset)
+        if valid and args.target not in valid:
+            parser.error(f"dataset {args.dataset} has no target {args.target!r}; valid: {', '.join(valid)}")
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "data": cmd_data}[args.command](args)

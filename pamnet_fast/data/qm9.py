@@ -294,6 +294,10 @@ class QM9(torch.utils.data.Dataset):
     def split(self, seed: int = 42, train_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
         return split_indices(len(self), seed=seed, train_size=train_size)
 
+    def row_info(self, i: int) -> Dict[str, object]:
+        """Columns that identify molecule ``i`` in prediction files."""
+        return {"qm9_index": int(self.mol_id[i]), "smiles": self.smiles[i]}
+
     def summary(self) -> str:
         s = self.bond_stats
         return (f"QM9: {len(self)} molecules ({self.path}); bonds: RDKit failed on {s['rdkit_failed']} "

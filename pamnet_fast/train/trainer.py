@@ -21,6 +21,7 @@ from .checkpoint import (CheckpointMismatchError, check_compatible, get_rng_stat
                          model_config_of, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .ema import EMA
+from .metrics import regression_metrics
 from .target_norm import TargetNormalizer, dataset_compositions, unwrap_subsets
 from .plots import plot_learning_curves, plot_parity, write_metrics, write_predictions
 
@@ -393,6 +394,8 @@ class Trainer:
         if test["n"]:
             yt = torch.tensor([r[2] for r in test["rows"]], dtype=torch.float64)
             res["test_mae_train_mean"] = float((yt - self.norm.train_mean).abs().mean())
+            m = regression_metrics([r[2][0] for r in test["rows"]], [r[3][0] for r in test["rows"]])
+            res.update({f"test_{k}": m[k] for k in ("rmse", "pearson_r", "spearman_rho", "sd")})
             if self.norm.element_ref is not None:
                 res["test_mae_element_baseline"] = test["mae_baseline"]
         out = self.out_dir
