@@ -142,13 +142,21 @@ class GlobalMessagePassing(PlexLayer):
 
     def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
                 edge_row: Optional[Tensor] = None):
-        res_x = x
+        h, p, q = self.node_terms(x)
+        h = h + self.edge_sum(p, q, edge_attr, src, ptr, edge_row)
+        return self.update_and_output(h, x)
+
+    def node_terms(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(h, p, q)``, each ``[N, F]``: the embedding and its target / source projections."""
         h = self.mlp_x1(x)
         lin = self.mlp_m[0][0]
-        w_i, w_j, w_e = split_message_weight(lin, self.dim)
-        p = ops.linear(h, w_i, lin.bias)
-        q = ops.linear(h, w_j)
-        r = ops.linear(edge_attr, w_e)
+        w_i, w_j, _ = split_message_weight(lin, self.dim)
+        return h, ops.linear(h, w_i, lin.bias), ops.linear(h, w_j)
+
+    def edge_sum(self, p: Tensor, q: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
+                 edge_row: Optional[Tensor] = None) -> Tensor:
+        """:math:`m_i` ``[len(ptr) - 1, F]`` for the targets of ``ptr`` (``p`` their rows; ``q`` all
+        sources): a block of targets gives its rows of the full sum (the streamed global plex)."""
+        r = ops.linear(edge_attr, split_message_weight(self.mlp_m[0][0], self.dim)[2])
         s = self.W_edge_attr(edge_attr)
-        h = h + ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)
-        return self.update_and_output(h, res_x)
+        return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)

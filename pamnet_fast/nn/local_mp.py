@@ -1,7 +1,7 @@
 r"""Local plex layers: PAMNet's (one-hop and two-hop angles) and PAMNet-s's (one-hop angles only)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +40,20 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
     q = ops.linear(h, w_j)
     out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row)
     return out + ops.segment_gather_mul(gate, rows, m_other, ptr)
+
+
+def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr: Tensor,
+              edge_ids: Tensor, edge_row: Optional[Tensor], angle_sum: Callable[[Tensor], Tensor]):
+    """One local layer given ``angle_sum(m_nb) -> [E, F]``, the triplet part of :math:`m_{ji}` (computed
+    at once, or block by block over the receiving edges by :mod:`pamnet_fast.nn.stream`)."""
+    src, dst = edge_index[0], edge_index[1]
+    h = layer.mlp_x1(x)
+    m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, dst, edge_row)
+    m_other = angle_sum(m_nb)
+    gate = layer.lin_rbf_out(rbf)
+    h = h + _node_sum(layer.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
+                      layer.dim)
+    return layer.update_and_output(h, x)
 
 
 class LocalMessagePassing(PlexLayer):
@@ -83,18 +97,19 @@ class LocalMessagePassing(PlexLayer):
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
                 ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
-        src, dst = edge_index[0], edge_index[1]
-        res_x = x
-        h = self.mlp_x1(x)
-        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst, edge_row)
+        def angle_sum(m_nb):
+            return self.angle_sum(m_nb, sbf2, trip.two_hop_kj, trip.two_hop_ptr, sbf1, trip.one_hop_j2i,
+                                  trip.one_hop_ptr)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+
+    def angle_sum(self, m_nb: Tensor, sbf2: Tensor, two_hop_kj: Tensor, two_hop_ptr: Tensor,
+                  sbf1: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
+        """The two triplet sums of :math:`m_{ji}` for the receiving edges of the pointers ``[E' + 1]``
+        (all edges, or a block of them with its triplets: the streamed path)."""
         a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2)
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1)
-        m_other = ops.segment_gather_mul(m_nb, trip.two_hop_kj, a2, trip.two_hop_ptr)
-        m_other = m_other + ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
-        gate = self.lin_rbf_out(rbf)
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
-                          self.dim)
-        return self.update_and_output(h, res_x)
+        m_other = ops.segment_gather_mul(m_nb, two_hop_kj, a2, two_hop_ptr)
+        return m_other + ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr)
 
 
 class LocalMessagePassingS(PlexLayer):
@@ -124,13 +139,11 @@ class LocalMessagePassingS(PlexLayer):
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
                 trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
-        src, dst = edge_index[0], edge_index[1]
-        res_x = x
-        h = self.mlp_x1(x)
-        m_nb = maybe_checkpoint(self, self._neighbour_message, h, rbf, src, dst, edge_row)
+        def angle_sum(m_nb):
+            return self.angle_sum(m_nb, sbf, trip.one_hop_j2i, trip.one_hop_ptr)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+
+    def angle_sum(self, m_nb: Tensor, sbf: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
+        """The one-hop triplet sum of :math:`m_{ji}` for the receiving edges of ``one_hop_ptr``."""
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
-        m_other = ops.segment_gather_mul(m_nb, trip.one_hop_j2i, a1, trip.one_hop_ptr)
-        gate = self.lin_rbf_out(rbf)
-        h = h + _node_sum(self.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
-                          self.dim)
-        return self.update_and_output(h, res_x)
+        return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr)

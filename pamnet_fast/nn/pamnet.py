@@ -13,6 +13,7 @@ layers; message passing uses :func:`pamnet_fast.ops.fused_edge_message` and
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import List, NamedTuple, Optional, Tuple
@@ -156,19 +157,22 @@ def pair_rows(edge_index: Tensor, num_nodes: int) -> Optional[Tuple[Tensor, Tens
 
 
 def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
-                 bonds: Optional[Tensor] = None) -> Graphs:
+                 bonds: Optional[Tensor] = None, global_plex: bool = True) -> Graphs:
     """Both plexes and the local triplets, per graph of ``batch`` (graphs never interact).
 
     Default: global = ``radius_graph(cutoff_g)`` or ``knn_graph(knn_k, r=cutoff_g)`` (messages into i
     from its k nearest); local = bonds or ``radius_graph(cutoff_l)``; triplets without self pairs.
     ``reference_compat``: the kNN plexes are the authors' ``knn(pos, pos, k)`` read as ``j -> i`` with
     ``j`` the query (the transposed kNN graph, self counted among the k), cut at ``cutoff_g`` /
-    ``cutoff_l``; one-hop triplets include each edge paired with itself.
+    ``cutoff_l``; one-hop triplets include each edge paired with itself. ``global_plex=False``: the
+    global fields are ``None`` (the streamed path, :mod:`pamnet_fast.nn.stream`, builds it per block).
     """
     n = pos.size(0)
     compat = cfg.reference_compat
     mnn = cfg.max_num_neighbors
-    if cfg.global_graph == "knn" and compat:
+    if not global_plex:
+        ei_g = ptr_g = None
+    elif cfg.global_graph == "knn" and compat:
         knn = ops.knn_graph(pos, cfg.knn_k, batch, loop=True)
         knn, _ = sort_edges(knn.flip(0), n)
         d = _dist(pos, knn)
@@ -180,8 +184,8 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
         ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True)
     else:
         raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
-    dist_g = _dist(pos, ei_g)
-    pairs = pair_rows(ei_g, n) if cfg.global_graph == "radius" else None
+    dist_g = _dist(pos, ei_g) if global_plex else None
+    pairs = pair_rows(ei_g, n) if global_plex and cfg.global_graph == "radius" else None
     pair_g, edge_row_g = pairs or (None, None)
 
     if cfg.local_graph == "bonds":
@@ -257,6 +261,8 @@ class _PAMNetBase(nn.Module):
         self.global_layer = nn.ModuleList([GlobalMessagePassing(d, cfg.out_dim) for _ in range(cfg.n_layer)])
         self.local_layer = nn.ModuleList([self.local_cls(d, cfg.out_dim) for _ in range(cfg.n_layer)])
         self.fusion = AttentionFusion(0.2)
+        self._max_memory: Optional[int] = None
+        self._stream_block_items: Optional[int] = None
         self.dipole_head = None
         if cfg.target == "mu":
             from .heads import DipoleHead
@@ -286,11 +292,43 @@ class _PAMNetBase(nn.Module):
         return build_graphs(self.config, data.pos, getattr(data, "batch", None),
                             getattr(data, "edge_index", None))
 
+    # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
+    @property
+    def max_memory(self) -> Optional[int]:
+        """Memory budget in bytes of a forward (``None``: unstreamed, the default). Set it to bytes or
+        a size such as ``"2GiB"``: the global plex and the triplet terms are then streamed in blocks
+        sized to it (same outputs; memory grows with atoms, not edges). See :meth:`stream`."""
+        return self._max_memory
+
+    @max_memory.setter
+    def max_memory(self, value):
+        from .stream import check_streamable, parse_memory
+        if value is not None:
+            check_streamable(self)
+        self._max_memory = None if value is None else parse_memory(value)
+
+    @contextlib.contextmanager
+    def stream(self, max_memory="2GiB", block_items: Optional[int] = None):
+        """``with model.stream("2GiB"): model(data)`` runs the forward (and backward) under the budget.
+        ``block_items`` caps the global edges and the triplets of one block further (tests, tuning)."""
+        before = self._max_memory, self._stream_block_items
+        self.max_memory = max_memory
+        self._stream_block_items = block_items
+        try:
+            yield self
+        finally:
+            self._max_memory, self._stream_block_items = before
+
     # -- model --------------------------------------------------------------------------------
     def encode(self, data, graphs: Optional[Graphs] = None, keep_features: bool = True) -> PAMNetState:
         """Message passing and fusion; ``graphs`` may be passed in (e.g. precomputed).
         ``keep_features=False`` leaves ``z_g``/``z_l`` empty (they are 2T node-feature tensors, needed
-        only by heads such as the dipole's; dropping them lowers peak memory)."""
+        only by heads such as the dipole's; dropping them lowers peak memory). Under
+        :attr:`max_memory` (and without ``graphs``) the global plex is streamed
+        (:func:`pamnet_fast.nn.stream.streamed_encode`)."""
+        if self._max_memory is not None and graphs is None:
+            from .stream import streamed_encode
+            return streamed_encode(self, data, self._max_memory, keep_features)
         pos = data.pos
         x = self.embed(data)
         batch, num_graphs = _batch_of(data, x.size(0), x.device)
