@@ -72,6 +72,7 @@ def test_block_neighbors_errors():
         BlockNeighbors(pos, 1.0, torch.tensor([1, 0] * 25))
 
 
+@pytest.mark.slow
 def test_block_neighbors_real_rna(shared_data):
     from pamnet_fast.data.structures import read_tu_structures
     pos = read_tu_structures(str(shared_data / "rna_puzzles_native"))[18].pos  # Puzzle 5, 3,823 atoms
@@ -82,9 +83,9 @@ def test_block_neighbors_real_rna(shared_data):
 CASES = [(PAMNet, False), (PAMNet, True), (PAMNetS, False), (PAMNetS, True)]
 
 
-def _models(cls, knn, **kw):
+def _models(cls, knn, n_layer=1, **kw):
     torch.manual_seed(0)
-    cfg = PAMNetConfig.rna(knn=knn, dim=16, n_layer=2, cutoff_g=6.0, knn_k=12, **kw)
+    cfg = PAMNetConfig.rna(knn=knn, dim=8, n_layer=n_layer, cutoff_g=5.0, knn_k=12, **kw)
     return cls(cfg).double()
 
 
@@ -98,15 +99,15 @@ def _rel(a, b):
 @pytest.mark.parametrize("cls,knn", CASES)
 @pytest.mark.parametrize("batched", [False, True])
 def test_streamed_forward_matches_unstreamed(cls, knn, batched):
-    data = (Batch.from_data_list([_rna_like(160, 12, 1), _rna_like(90, 9, 2), _rna_like(3, 2, 3)])
-            if batched else _rna_like(220, 13, 4))
-    model = _models(cls, knn)
+    data = (Batch.from_data_list([_rna_like(100, 10, 1), _rna_like(60, 8, 2), _rna_like(3, 2, 3)])
+            if batched else _rna_like(150, 11, 4))
+    model = _models(cls, knn, n_layer=2 if batched else 1)
     with torch.no_grad():
         ref = model(data)
-        with model.stream("1GiB", block_items=400):
+        with model.stream("1GiB", block_items=600):
             out = model(data)
         plan = model.last_stream_plan
-    assert len(plan.global_blocks) > 3 and len(plan.local_blocks) > 1
+    assert len(plan.global_blocks) >= 3 and len(plan.local_blocks) > 1
     assert _rel(out, ref) <= 1e-10
 
 
@@ -126,7 +127,7 @@ def test_streamed_qm9_preset_bonds():
 def test_streamed_gradients_match(cls, knn):
     """Training path (blocks recomputed in backward): parameter and position gradients."""
     # off-grid: coincident atoms would make the position gradient NaN in both paths
-    data = Batch.from_data_list([_rna_like(120, 10, 5, grid=False), _rna_like(70, 8, 6, grid=False)])
+    data = Batch.from_data_list([_rna_like(80, 9, 5, grid=False), _rna_like(50, 7, 6, grid=False)])
     grads = []
     for streamed in (False, True):
         model = _models(cls, knn)
@@ -134,7 +135,7 @@ def test_streamed_gradients_match(cls, knn):
         d = data.clone()
         d.pos = pos
         if streamed:
-            with model.stream("1GiB", block_items=300):
+            with model.stream("1GiB", block_items=500):
                 y = model(d)
             assert len(model.last_stream_plan.global_blocks) > 3
         else:

@@ -19,8 +19,11 @@ from torch import Tensor
 
 from ..ops.reference import pair_distance, squared_distance
 
-# The 27 cell offsets (-1, 0, 1)^3; cells are r wide, so they cover every ball of radius r.
-_OFFSETS = torch.tensor(list(itertools.product((-1, 0, 1), repeat=3)), dtype=torch.long)
+# Cells are r / 2 wide: the 125 offsets (-2 .. 2)^3 cover every ball of radius r, with 15.6 r^3 of
+# candidate volume per target (27 r^3 with cells r wide) for the 4.2 r^3 of the ball.
+_CELLS_PER_R = 2
+_OFFSETS = torch.tensor(list(itertools.product(range(-_CELLS_PER_R, _CELLS_PER_R + 1), repeat=3)),
+                        dtype=torch.long)
 
 
 def squared_threshold(r: float, dtype: torch.dtype) -> float:
@@ -71,7 +74,7 @@ class BlockNeighbors:
         num_graphs = int(self.batch[-1]) + 1
         lo = torch.full((num_graphs, 3), float("inf"), dtype=pos.dtype, device=dev)
         lo = lo.scatter_reduce(0, self.batch[:, None].expand(-1, 3), pos, "amin")
-        cell = torch.floor((pos - lo[self.batch]) / self.r).long()
+        cell = torch.floor((pos - lo[self.batch]) * (_CELLS_PER_R / self.r)).long()
         dims = torch.zeros(num_graphs, 3, dtype=torch.long, device=dev)
         dims = dims.scatter_reduce(0, self.batch[:, None].expand(-1, 3), cell + 1, "amax")
         size = dims.prod(1)
@@ -80,39 +83,64 @@ class BlockNeighbors:
         self.base = torch.cumsum(size, 0) - size       # first cell id of each graph
         self.dims, self.cell = dims, cell
         key = self._key(cell, self.batch)
-        self.sorted_key, self.order = torch.sort(key)   # atoms grouped by cell (stable by index)
+        self.sorted_key, self.order = torch.sort(key, stable=True)   # atoms by cell, then index
+        total_cells = int(self.base[-1] + size[-1])
+        # (cell, index) as one sorted int64 when it fits: counts of the sources below an index per cell
+        self.cell_index = self.sorted_key * n + self.order if total_cells < 2 ** 62 // max(n, 1) else None
 
     def _key(self, cell: Tensor, graph: Tensor) -> Tensor:
         d = self.dims[graph]
         return self.base[graph] + (cell[:, 0] * d[:, 1] + cell[:, 1]) * d[:, 2] + cell[:, 2]
 
-    def _candidates(self, targets: Tensor, offset: Tensor) -> Tuple[Tensor, Tensor]:
-        """(target, source) pairs with the source in the cell ``offset`` away from the target's."""
+    def _cell_ranges(self, targets: Tensor, offsets: Tensor, lower: bool):
+        """For each target and each of ``offsets [K, 3]``: the target and the range ``[start, end)`` of
+        ``order`` holding the atoms of that neighbor cell (``lower``: only those with smaller index)."""
         graph = self.batch[targets]
-        cell = self.cell[targets] + offset
-        ok = ((cell >= 0) & (cell < self.dims[graph])).all(1)
-        targets, cell, graph = targets[ok], cell[ok], graph[ok]
-        key = self._key(cell, graph)
+        cell = self.cell[targets].unsqueeze(1) + offsets                      # [B, K, 3]
+        ok = ((cell >= 0) & (cell < self.dims[graph].unsqueeze(1))).all(-1)   # [B, K]
+        tgt = targets.unsqueeze(1).expand_as(ok)[ok]
+        key = self._key(cell[ok], graph.unsqueeze(1).expand_as(ok)[ok])
         start = torch.searchsorted(self.sorted_key, key)
-        count = torch.searchsorted(self.sorted_key, key, right=True) - start
+        if lower and self.cell_index is not None:
+            end = torch.searchsorted(self.cell_index, key * self.n + tgt)
+        else:
+            end = torch.searchsorted(self.sorted_key, key, right=True)
+        return tgt, start, end
+
+    def _candidates(self, targets: Tensor, offsets: Tensor, lower: bool) -> Tuple[Tensor, Tensor]:
+        """(target, source) pairs with the source in a cell ``offsets`` away from the target's."""
+        tgt, start, end = self._cell_ranges(targets, offsets, lower)
+        count = end - start
         total = int(count.sum())
-        tgt = targets.repeat_interleave(count, output_size=total)
         first = torch.cumsum(count, 0) - count
         slot = torch.arange(total, device=targets.device) - first.repeat_interleave(count, output_size=total)
         src = self.order[start.repeat_interleave(count, output_size=total) + slot]
-        return tgt, src
+        return tgt.repeat_interleave(count, output_size=total), src
 
-    def _search(self, t0: int, t1: int) -> Tuple[Tensor, Tensor]:
-        """All (src, dst) within r for targets in [t0, t1), unsorted, self pairs excluded."""
+    def _search(self, t0: int, t1: int, lower: bool = False) -> Tuple[Tensor, Tensor]:
+        """All (src, dst) within r for targets in [t0, t1) (``lower``: only src < dst), unsorted,
+        self pairs excluded. Offsets go in 5 groups (bounded candidate memory, few Python steps)."""
         targets = torch.arange(t0, t1, device=self.pos.device)
         srcs, dsts = [], []
-        for offset in _OFFSETS.to(self.pos.device):
-            tgt, src = self._candidates(targets, offset)
+        for offsets in _OFFSETS.to(self.pos.device).chunk(5):
+            tgt, src = self._candidates(targets, offsets, lower)
+            keep = (src < tgt) if lower else (tgt != src)
+            tgt, src = tgt[keep], src[keep]
             keep = squared_distance(self.pos[tgt], self.pos[src]) <= self.threshold
-            keep &= tgt != src
             srcs.append(src[keep])
             dsts.append(tgt[keep])
         return torch.cat(srcs), torch.cat(dsts)
+
+    def candidate_counts(self, lower: bool = False, block: int = 8192) -> Tensor:
+        """An upper bound ``[N]`` on the neighbors of every target (``lower``: of sources with a
+        smaller index): the atoms of the cells searched, without any distance (cheap)."""
+        out = torch.zeros(self.n, dtype=torch.long, device=self.pos.device)
+        offsets = _OFFSETS.to(self.pos.device)
+        for t0 in range(0, self.n, block):
+            targets = torch.arange(t0, min(t0 + block, self.n), device=self.pos.device)
+            tgt, start, end = self._cell_ranges(targets, offsets, lower)
+            out.index_add_(0, tgt, end - start)
+        return out.clamp(max=self.k) if self.k is not None else out
 
     def counts(self, block: int = 4096) -> Tensor:
         """Neighbors of every target ``[N]`` (within r, capped at k): a search pass keeping no edges."""
@@ -132,11 +160,15 @@ class BlockNeighbors:
                 f"max_num_neighbors={mnn}; raise max_num_neighbors or pass truncate=True to keep the "
                 f"nearest ones")
 
-    def edges(self, t0: int, t1: int, pos: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    def edges(self, t0: int, t1: int, pos: Optional[Tensor] = None, lower: bool = False
+              ) -> Tuple[Tensor, Tensor, Tensor]:
         """Edges into the targets ``t0 .. t1 - 1``: ``(src [Eb], ptr [t1 - t0 + 1], dist [Eb])``,
         sorted by target then source, ``ptr`` relative to ``t0``. ``dist`` is computed from ``pos``
-        when given (the same coordinates, e.g. requiring grad), else from the detached copy."""
-        src, dst = self._search(t0, t1)
+        when given (the same coordinates, e.g. requiring grad), else from the detached copy.
+        ``lower`` (radius only): only the sources with a smaller index (one edge per pair)."""
+        if lower and self.k is not None:
+            raise ValueError("BlockNeighbors.edges: lower=True needs a symmetric (radius) graph")
+        src, dst = self._search(t0, t1, lower)
         key = (dst - t0) * self.n + src
         key, perm = torch.sort(key)
         src, dst = src[perm], dst[perm]
@@ -151,7 +183,7 @@ class BlockNeighbors:
             keep[by[rank < self.k]] = True
             src, dst, dist = src[keep], dst[keep], dist[keep]
         ptr = self._ptr(dst - t0, t1 - t0)
-        if self.k is None:
+        if self.k is None and not lower:
             self._check_max(ptr[1:] - ptr[:-1])
         if pos is not None:
             dist = pair_distance(pos[dst], pos[src])

@@ -62,7 +62,6 @@ class StreamPlan(NamedTuple):
     """Blocks of the streamed forward: global target ranges and local receiving-edge ranges."""
     global_blocks: List[Tuple[int, int]]
     local_blocks: List[Tuple[int, int]]
-    global_edges: int
     working_bytes: int
 
 
@@ -105,20 +104,39 @@ def plan_stream(model, n: int, neighbors: BlockNeighbors, trip: ops.Triplets, nu
     per_edge = ((9 * f + 3 * cfg.num_radial) * elem + 96) if grad else ((3 * f + cfg.num_radial + 2) * elem + 96)
     per_trip = ((9 * f + 2 * s) * elem + 32) if grad else ((3 * f + s + 2) * elem + 32)
     cap = getattr(model, "_stream_block_items", None) or float("inf")
-    counts = neighbors.counts() if neighbors.k is None else torch.full((n,), neighbors.k)
+    if neighbors.max_num_neighbors is not None:
+        neighbors.counts()  # exact pass: raises on a target over the limit, as radius_graph does
+    # An upper bound on the pairs (radius: j < i, one per pair) or edges (kNN) into each target.
+    counts = neighbors.candidate_counts(lower=neighbors.k is None)
     global_blocks = _greedy_blocks(counts, max(min(working // per_edge, cap), 1))
     trip_counts = ((trip.two_hop_ptr[1:] - trip.two_hop_ptr[:-1])
                    + (trip.one_hop_ptr[1:] - trip.one_hop_ptr[:-1]))
     local_blocks = _greedy_blocks(trip_counts, max(min(working // per_trip, cap), 1))
-    return StreamPlan(global_blocks, local_blocks, int(counts.sum()), working)
+    return StreamPlan(global_blocks, local_blocks, working)
 
 
 def _global_block(model, layer, neighbors: BlockNeighbors, t0: int, t1: int):
-    def run(p_blk: Tensor, q: Tensor, pos: Tensor) -> Tensor:
-        src, ptr, dist = neighbors.edges(t0, t1, pos)
-        edge_attr = model.mlp_rbf_g(model.rbf_g(dist))
-        return layer.edge_sum(p_blk, q, edge_attr, src, ptr)
-    return run
+    """Messages of the block's edges. kNN: the edges into targets ``t0 .. t1 - 1`` -> ``[t1 - t0, F]``.
+    Radius: the pairs (j < i, i in the block), edge terms once per pair and messages both ways
+    (j -> i and i -> j, sharing the pair's row) -> ``[t1, F]``, added to rows ``0 .. t1 - 1``."""
+    if neighbors.k is not None:
+        def run(p: Tensor, q: Tensor, pos: Tensor) -> Tensor:
+            src, ptr, dist = neighbors.edges(t0, t1, pos)
+            return layer.edge_sum(p, q, model.mlp_rbf_g(model.rbf_g(dist)), src, ptr)
+        return run
+
+    def run_pairs(p: Tensor, q: Tensor, pos: Tensor) -> Tensor:
+        low, ptr, dist = neighbors.edges(t0, t1, pos, lower=True)
+        high = torch.repeat_interleave(torch.arange(t0, t1, device=low.device), ptr[1:] - ptr[:-1],
+                                       output_size=low.numel())
+        pair = torch.arange(low.numel(), device=low.device)
+        src, dst, row = torch.cat([low, high]), torch.cat([high, low]), torch.cat([pair, pair])
+        order = torch.argsort(dst * neighbors.n + src)
+        src, dst, row = src[order], dst[order], row[order]
+        del order, high, pair
+        edge_ptr = BlockNeighbors._ptr(dst, t1)
+        return layer.edge_sum(p, q, model.mlp_rbf_g(model.rbf_g(dist)), src, edge_ptr, row)
+    return run_pairs
 
 
 def _local_block(model, layer, trip: ops.Triplets, e0: int, e1: int):
@@ -161,6 +179,22 @@ def check_streamable(model) -> None:
                          "global edge at once); use max_memory=None")
 
 
+def _global_sum(model, layer, neighbors: BlockNeighbors, blocks, p: Tensor, q: Tensor, pos: Tensor,
+                grad: bool) -> Tensor:
+    """:math:`m_i` ``[N, F]`` of the global layer, block by block."""
+    if neighbors.k is not None:
+        return _cat([_call(_global_block(model, layer, neighbors, t0, t1), grad, p[t0:t1], q, pos)
+                     for t0, t1 in blocks], p, 0)
+    m = torch.zeros_like(p)
+    for t0, t1 in blocks:
+        part = _call(_global_block(model, layer, neighbors, t0, t1), grad, p[:t1], q, pos)
+        if grad:
+            m = m + torch.nn.functional.pad(part, (0, 0, 0, m.size(0) - t1))
+        else:
+            m[:t1] += part
+    return m
+
+
 def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     """:meth:`PAMNet.encode <pamnet_fast.nn.PAMNet.encode>` with the global plex and the triplet terms
     streamed in blocks under ``max_memory`` bytes. Returns a :class:`~.pamnet.PAMNetState` whose
@@ -189,8 +223,7 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
     for glob, loc in zip(model.global_layer, model.local_layer):
         h, p, q = glob.node_terms(x)
-        m = _cat([_call(_global_block(model, glob, neighbors, t0, t1), grad, p[t0:t1], q, pos)
-                  for t0, t1 in plan.global_blocks], p, 0)
+        m = _global_sum(model, glob, neighbors, plan.global_blocks, p, q, pos, grad)
         x, o, a, z = glob.update_and_output(h + m, x)
         del h, p, q, m
         outs_g.append(o), atts_g.append(a)
