@@ -85,6 +85,11 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
         sp.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
 
+    def memory(sp):
+        sp.add_argument("--max-memory", default=None, metavar="SIZE",
+                        help="memory budget of a forward, e.g. 2GiB: PAMNet streams its global plex in "
+                             "blocks sized to it (large structures; same outputs)")
+
     from .train.datasets import dataset_names
     t = sub.add_parser("train", help="train a model on a dataset (default: QM9 U0)")
     t.add_argument("--model", type=_model_type, default="pamnet", metavar="{" + ",".join(model_names()) + "}",
@@ -121,12 +126,14 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
     t.add_argument("--split-seed", type=int, default=42)
     common(t)
+    memory(t)
 
     e = sub.add_parser("evaluate", help="report the MAE of a trained model on a split")
     e.add_argument("checkpoint", help="run directory, model.pt or checkpoint.pt")
     e.add_argument("--split", choices=("train", "val", "test"), default="test")
     e.add_argument("--batch-size", type=int, default=128)
     common(e)
+    memory(e)
 
     r = sub.add_parser("predict", help="write predictions (CSV) for a split or an XYZ/SDF file")
     r.add_argument("checkpoint", help="run directory, model.pt or checkpoint.pt")
@@ -135,6 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="CSV path (default <run dir>/predictions_<split>.csv)")
     r.add_argument("--batch-size", type=int, default=128)
     common(r)
+    memory(r)
 
     d = sub.add_parser("data", help="process QM9 into the cache (once) and print a summary")
     d.add_argument("--rebuild", action="store_true")
@@ -171,6 +179,18 @@ def _resolve_checkpoint(path: str) -> Path:
                 return p / name
         raise FileNotFoundError(f"no model.pt or checkpoint.pt in {p}")
     return p
+
+
+def apply_max_memory(model, max_memory) -> None:
+    """``--max-memory``: set the model's budget (PAMNet / PAMNet-s); others refuse it clearly."""
+    if max_memory is None:
+        return
+    if not hasattr(type(model), "max_memory"):
+        raise SystemExit(f"--max-memory: {type(model).__name__} has no streamed path (PAMNet and PAMNet-s do)")
+    try:
+        model.max_memory = max_memory
+    except ValueError as e:
+        raise SystemExit(f"--max-memory: {e}") from e
 
 
 def load_trained(path: str, device: str = "cpu"):
@@ -254,6 +274,7 @@ def cmd_train(args) -> int:
     if args.model_config:
         model_config = {**default_model_config(args.model, args.dataset), **json.loads(args.model_config)}
     model = build_model(args.model, model_config, args.dataset)
+    apply_max_memory(model, args.max_memory)
     # The budget starts after construction: DimeNet++'s first one derives its basis with sympy (~10 s).
     t_ready = time.time()
     cfg = TrainConfig(epochs=epochs, batch_size=batch, lr=lr, patience=args.patience or None,
@@ -284,6 +305,7 @@ def cmd_evaluate(args) -> int:
     from .train.metrics import regression_metrics
     device = _device(args.device)
     model, st, f = load_trained(args.checkpoint, device)
+    apply_max_memory(model, args.max_memory)
     task = _load_task(args, st.get("meta") or {})
     rows = _infer(model, task.split(args.split), st, device, args.batch_size)
     m = regression_metrics(np.array([r[1][0] for r in rows]), np.array([r[2][0] for r in rows]))
@@ -333,6 +355,7 @@ def cmd_predict(args) -> int:
     import torch
     device = _device(args.device)
     model, st, f = load_trained(args.checkpoint, device)
+    apply_max_memory(model, args.max_memory)
     meta = st.get("meta") or {}
     target = meta.get("target", "y")
     if args.input:

@@ -170,3 +170,16 @@ def test_budget_errors():
     dipole = PAMNet(PAMNetConfig.qm9(dim=8, target="mu"))
     with pytest.raises(ValueError, match="dipole"):
         dipole.max_memory = "1GiB"
+
+
+def test_cli_max_memory():
+    from pamnet_fast.cli import apply_max_memory, make_parser
+    from pamnet_fast.nn import SchNetBaseline
+    args = make_parser().parse_args(["evaluate", "run_dir", "--max-memory", "3GiB"])
+    model = _models(PAMNet, False)
+    apply_max_memory(model, args.max_memory)
+    assert model.max_memory == 3 * 2**30
+    with pytest.raises(SystemExit, match="--max-memory"):
+        apply_max_memory(model, "lots")
+    with pytest.raises(SystemExit, match="no streamed path"):
+        apply_max_memory(SchNetBaseline(), "1GiB")

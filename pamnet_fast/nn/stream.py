@@ -20,7 +20,9 @@ it and from an exact neighbor count pass.
 """
 from __future__ import annotations
 
+import logging
 import re
+import time
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -35,6 +37,7 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB"
           "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
 # The smallest working set we accept: below it the blocks are so small that Python overhead dominates.
 _MIN_WORKING = 16 * 2**20
+log = logging.getLogger(__name__)
 
 
 def parse_memory(value: Union[str, int, float]) -> int:
@@ -115,18 +118,22 @@ def plan_stream(model, n: int, neighbors: BlockNeighbors, trip: ops.Triplets, nu
     return StreamPlan(global_blocks, local_blocks, working)
 
 
-def _global_block(model, layer, neighbors: BlockNeighbors, t0: int, t1: int):
+def _global_block(model, layer, neighbors: BlockNeighbors, t0: int, t1: int, stats: Optional[dict] = None):
     """Messages of the block's edges. kNN: the edges into targets ``t0 .. t1 - 1`` -> ``[t1 - t0, F]``.
     Radius: the pairs (j < i, i in the block), edge terms once per pair and messages both ways
     (j -> i and i -> j, sharing the pair's row) -> ``[t1, F]``, added to rows ``0 .. t1 - 1``."""
     if neighbors.k is not None:
         def run(p: Tensor, q: Tensor, pos: Tensor) -> Tensor:
             src, ptr, dist = neighbors.edges(t0, t1, pos)
+            if stats is not None:
+                stats["global_edges"] += src.numel()
             return layer.edge_sum(p, q, model.mlp_rbf_g(model.rbf_g(dist)), src, ptr)
         return run
 
     def run_pairs(p: Tensor, q: Tensor, pos: Tensor) -> Tensor:
         low, ptr, dist = neighbors.edges(t0, t1, pos, lower=True)
+        if stats is not None:
+            stats["global_edges"] += 2 * low.numel()
         high = torch.repeat_interleave(torch.arange(t0, t1, device=low.device), ptr[1:] - ptr[:-1],
                                        output_size=low.numel())
         pair = torch.arange(low.numel(), device=low.device)
@@ -180,19 +187,31 @@ def check_streamable(model) -> None:
 
 
 def _global_sum(model, layer, neighbors: BlockNeighbors, blocks, p: Tensor, q: Tensor, pos: Tensor,
-                grad: bool) -> Tensor:
+                grad: bool, stats: Optional[dict] = None) -> Tensor:
     """:math:`m_i` ``[N, F]`` of the global layer, block by block."""
+    start = time.perf_counter()
     if neighbors.k is not None:
-        return _cat([_call(_global_block(model, layer, neighbors, t0, t1), grad, p[t0:t1], q, pos)
-                     for t0, t1 in blocks], p, 0)
+        parts = []
+        for i, (t0, t1) in enumerate(blocks):
+            parts.append(_call(_global_block(model, layer, neighbors, t0, t1, stats), grad, p[t0:t1], q, pos))
+            _log_block(i, blocks, start)
+        return _cat(parts, p, 0)
     m = torch.zeros_like(p)
-    for t0, t1 in blocks:
-        part = _call(_global_block(model, layer, neighbors, t0, t1), grad, p[:t1], q, pos)
+    for i, (t0, t1) in enumerate(blocks):
+        part = _call(_global_block(model, layer, neighbors, t0, t1, stats), grad, p[:t1], q, pos)
         if grad:
             m = m + torch.nn.functional.pad(part, (0, 0, 0, m.size(0) - t1))
         else:
             m[:t1] += part
+        _log_block(i, blocks, start)
     return m
+
+
+def _log_block(i: int, blocks, start: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        t1 = blocks[i][1]
+        log.info("global block %d/%d: %d/%d targets, %.1f s", i + 1, len(blocks), t1, blocks[-1][1],
+                 time.perf_counter() - start)
 
 
 def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
@@ -216,6 +235,8 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     plan = plan_stream(model, x.size(0), neighbors, g.trip, g.edge_index_l.size(1), max_memory,
                        x.dtype, grad)
     model.last_stream_plan = plan
+    # directed global edges per layer, counted in inference (in training backward rebuilds the blocks)
+    stats = None if grad else {"global_edges": 0}
 
     dist_l = g.dist_l if g.pair_l is None else g.dist_l.index_select(0, g.pair_l)
     rbf_l = model.mlp_rbf_l(model.rbf_l(dist_l))
@@ -223,7 +244,8 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
     for glob, loc in zip(model.global_layer, model.local_layer):
         h, p, q = glob.node_terms(x)
-        m = _global_sum(model, glob, neighbors, plan.global_blocks, p, q, pos, grad)
+        m = _global_sum(model, glob, neighbors, plan.global_blocks, p, q, pos, grad,
+                        stats if glob is model.global_layer[0] else None)
         x, o, a, z = glob.update_and_output(h + m, x)
         del h, p, q, m
         outs_g.append(o), atts_g.append(a)
@@ -239,4 +261,5 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
             z_l.append(z)
         del z
     node_out, alpha = model.fusion(outs_g, outs_l, atts_g, atts_l)
+    model.last_stream_edges = stats and stats["global_edges"]
     return PAMNetState(node_out, alpha, z_g, z_l, None, rbf_l, g, pos, batch, num_graphs)
