@@ -326,9 +326,10 @@ class _PAMNetBase(nn.Module):
         only by heads such as the dipole's; dropping them lowers peak memory). Under
         :attr:`max_memory` (and without ``graphs``) the global plex is streamed
         (:func:`pamnet_fast.nn.stream.streamed_encode`)."""
-        if self._max_memory is not None and graphs is None:
+        max_memory = getattr(self, "_max_memory", None)  # modules pickled before it existed
+        if max_memory is not None and graphs is None:
             from .stream import streamed_encode
-            return streamed_encode(self, data, self._max_memory, keep_features)
+            return streamed_encode(self, data, max_memory, keep_features)
         pos = data.pos
         x = self.embed(data)
         batch, num_graphs = _batch_of(data, x.size(0), x.device)

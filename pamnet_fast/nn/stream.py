@@ -15,8 +15,9 @@ block is activation-checkpointed: its edges and edge terms are rebuilt in backwa
 training also grows with atoms.
 
 Use: ``with model.stream("2GiB"): y = model(data)``, or ``model.max_memory = "2GiB"``, or the CLI's
-``--max-memory 2GiB``. The budget covers the whole forward (estimated); the block sizes follow from
-it and from an exact neighbor count pass.
+``--max-memory 2GiB``. The budget covers the whole forward above what the process already holds
+(estimated); the block sizes follow from it and from a cheap upper bound on each target's neighbors
+(the atoms of the cells searched), so a block never exceeds its share.
 """
 from __future__ import annotations
 
@@ -86,8 +87,9 @@ def plan_stream(model, n: int, neighbors: BlockNeighbors, trip: ops.Triplets, nu
                 max_memory: int, dtype: torch.dtype, grad: bool) -> StreamPlan:
     """Block sizes from the budget: the persistent tensors (node and local-edge features, triplet
     indices) are estimated and subtracted; the rest is the working set of one block, whose size in
-    edges (global) or triplets (local) follows from the bytes each costs. The global edge counts per
-    target come from an exact counting pass (kNN: at most k)."""
+    edges (global) or triplets (local) follows from the bytes each costs. The global edges per target
+    are bounded by the atoms of the cells searched (radius: of smaller index, one edge per pair; kNN:
+    at most k)."""
     cfg = model.config
     f, elem, layers = cfg.dim, torch.empty((), dtype=dtype).element_size(), cfg.n_layer
     s = cfg.num_spherical * cfg.num_spherical_radial
