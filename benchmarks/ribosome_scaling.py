@@ -119,7 +119,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     for streamed, style, label in ((True, "o-", "streamed (--max-memory 2GiB)"), (False, "s--", "unstreamed")):
-        rows = sorted((r for r in results["runs"] if r.get("streamed") == streamed and "error" not in r),
+        rows = sorted((r for r in results["runs"] if r.get("streamed") == streamed and "seconds" in r
+                       and not r.get("train")),
                       key=lambda r: r["atoms"])
         if rows:
             x = [r["atoms"] for r in rows]
@@ -188,17 +189,22 @@ def main(argv=None) -> int:
                                                     "predicted_peak_gib": predicted,
                                                     "limit_gib": args.unstreamed_limit})
                             print(f"{case} unstreamed: skipped, predicted peak {predicted:.1f} GiB", flush=True)
+                            _save(results, json_path)
                             continue
                 res = _child(["--child", case, "streamed" if streamed else "unstreamed", *common], args.timeout)
                 edges = res.get("edges", edges)
                 res.update(case=case, streamed=streamed, edges=edges)
                 results["runs"].append(res)
                 print(json.dumps(res), flush=True)
-                tmp = json_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(results, indent=1))
-                os.replace(tmp, json_path)
+                _save(results, json_path)
     plot(results, OUT / "scaling.png")
     return 0
+
+
+def _save(results: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
 
 
 def ref_atoms(case: str, results: dict) -> int:
