@@ -126,15 +126,20 @@ def plot(results: dict, path: Path) -> None:
             x = [r["atoms"] for r in rows]
             ax_t.plot(x, [r["seconds"] for r in rows], style, label=label)
             ax_m.plot(x, [r["peak_rss_gib"] for r in rows], style, label=label)
+            for r in rows:
+                if streamed and r.get("max_memory") not in (None, "2GiB"):
+                    ax_m.annotate(f"--max-memory {r['max_memory']}", (r["atoms"], r["peak_rss_gib"]),
+                                  textcoords="offset points", xytext=(-60, 8), fontsize=7)
     skipped = [r for r in results["runs"] if r.get("skipped")]
     for r in skipped:
         ax_m.plot([r["atoms"]], [r["predicted_peak_gib"]], "x", color="C1")
     if skipped:
         ax_m.plot([], [], "x", color="C1", label="unstreamed, predicted (not run)")
+    ax_m.axhline(2.0, color="grey", lw=0.8, ls=":")
     for ax, title in ((ax_t, "time of one forward [s]"), (ax_m, "peak RSS [GiB]")):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("atoms (C/N/O of 6zu5: L50 prefixes, L50, 60S, 80S)")
+        ax.set_xlabel("atoms (C/N/O of 6zu5: L50 prefixes, L50, whole 80S)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
