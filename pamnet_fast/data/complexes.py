@@ -370,7 +370,9 @@ class ReceptorFeatures:
 
     Residues with an atom within ``margin`` Å of any pose form the molecule whose chemistry is
     perceived (10 Å, PDBbind's pocket definition): a pocket atom within ``cutoff`` ≤ ``margin`` - 3 Å
-    of the ligand is then at least ~3 Å inside, so its bonded neighbourhood is complete.
+    of the ligand is then at least ~3 Å inside, so its bonded neighbourhood is complete and its
+    features equal those computed on the whole receptor (tested). The ring flag of receptor atoms
+    counts rings within one residue (side-chain rings, not disulfide-closed macrocycles).
     """
 
     def __init__(self, protein: Protein, ligand_pos: Sequence[np.ndarray], margin: float = 10.0,
@@ -382,6 +384,13 @@ class ReceptorFeatures:
                                f"receptor and ligand files belong to the same complex and frame?")
         mol, self.atom_ids = protein_molecule(protein, protein.residue[near])
         x = atom_features(mol)
+        # Ring flag: rings inside one residue only. Disulfides close backbone macrocycles whose extent
+        # would depend on how much of the protein is loaded; side-chain rings do not.
+        res = protein.residue[self.atom_ids]
+        x[:, 17] = 0.0
+        for ring in mol.GetRingInfo().AtomRings():
+            if len({int(res[a]) for a in ring}) == 1:
+                x[list(ring), 17] = 1.0
         if ligand_flag:
             x = np.concatenate([x, np.full((len(x), 1), -1.0, dtype=np.float32)], 1)
         self.x, self.pos, self.margin = x, protein.pos[self.atom_ids], margin
