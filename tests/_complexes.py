@@ -45,10 +45,57 @@ def pocket_pdb(shared_data, ligand_pos: np.ndarray, out: Path, radius: float = 1
     return out
 
 
+def to_mol2(m) -> str:
+    """A Tripos MOL2 block of an RDKit molecule (with H), SYBYL types as Corina/PDBbind write them
+    (aromatic 'ar' bonds, N.am amides, N.pl3 for pyrrole-type NH, N.4 ammonium)."""
+    from rdkit import Chem
+    HT, BT = Chem.HybridizationType, Chem.BondType
+
+    def carbonyl_c(a):
+        return a.GetSymbol() == "C" and any(b.GetBondType() == BT.DOUBLE and b.GetOtherAtom(a).GetSymbol() == "O"
+                                            for b in a.GetBonds())
+
+    def amide_n(a):
+        return a.GetSymbol() == "N" and not a.GetIsAromatic() and any(carbonyl_c(n) for n in a.GetNeighbors())
+
+    def sybyl(a):
+        s, h = a.GetSymbol(), a.GetHybridization()
+        if s == "H":
+            return "H"
+        if a.GetIsAromatic():
+            return "N.pl3" if s == "N" and a.GetTotalNumHs(True) else f"{s}.ar"
+        if s == "N":
+            if a.GetFormalCharge() == 1 and h == HT.SP3:
+                return "N.4"
+            return "N.am" if amide_n(a) else {HT.SP2: "N.pl3", HT.SP: "N.1"}.get(h, "N.3")
+        if s in ("C", "O", "S"):
+            return s + {HT.SP2: ".2", HT.SP: ".1"}.get(h, ".3")
+        return s
+
+    conf = m.GetConformer()
+    lines = ["@<TRIPOS>MOLECULE", m.GetProp("_Name") if m.HasProp("_Name") else "LIG",
+             f"{m.GetNumAtoms()} {m.GetNumBonds()} 1 0 0", "SMALL", "NO_CHARGES", "", "@<TRIPOS>ATOM"]
+    for a in m.GetAtoms():
+        p = conf.GetAtomPosition(a.GetIdx())
+        lines.append(f"{a.GetIdx() + 1} {a.GetSymbol()}{a.GetIdx() + 1} {p.x:.4f} {p.y:.4f} {p.z:.4f} "
+                     f"{sybyl(a)} 1 LIG 0.0000")
+    lines.append("@<TRIPOS>BOND")
+    for k, b in enumerate(m.GetBonds()):
+        a1, a2 = b.GetBeginAtom(), b.GetEndAtom()
+        if b.GetIsAromatic():
+            order = "ar"
+        elif b.GetBondType() == BT.SINGLE and ((amide_n(a1) and carbonyl_c(a2)) or (amide_n(a2) and carbonyl_c(a1))):
+            order = "am"
+        else:
+            order = str(int(b.GetBondTypeAsDouble()))
+        lines.append(f"{k + 1} {a1.GetIdx() + 1} {a2.GetIdx() + 1} {order}")
+    return "\n".join(lines) + "\n"
+
+
 def make_pdbbind_copy(shared_data, root: Path) -> Path:
     """``root`` laid out like PDBbind v2016: refined-set/<id>/ files and index/, a CoreSet.dat-free core
     list in INDEX_core_data.2016. id 1pv0 = crystal ligand with the full protein file; the others = Vina
-    poses 0..8 with pocket files."""
+    poses 0..8 with pocket files (1pv2's ligand as MOL2)."""
     from rdkit import Chem
     root = Path(root)
     refined = root / "refined-set"
@@ -65,9 +112,12 @@ def make_pdbbind_copy(shared_data, root: Path) -> Path:
         else:
             m = poses[k - 1]
             m.SetProp("_Name", f"pose{k - 1}")
-            w = Chem.SDWriter(str(lig))
-            w.write(m)
-            w.close()
+            if k == 2:  # one MOL2 ligand (PDBbind ships both; the reader prefers MOL2)
+                lig.with_suffix(".mol2").write_text(to_mol2(m))
+            else:
+                w = Chem.SDWriter(str(lig))
+                w.write(m)
+                w.close()
             heavy = np.array([p for a, p in zip(m.GetAtoms(), m.GetConformer().GetPositions())
                               if a.GetAtomicNum() > 1])
             pocket_pdb(shared_data, heavy, cdir / f"{code}_pocket.pdb")

@@ -98,6 +98,19 @@ def test_protein_features_hand_checked(vina):
     _check(by_name[("PRO", "N")], _feat(N=1, hyb=2, heavydegree=3, acceptor=1, ring=1), -1)
 
 
+def test_mol2_and_sdf_give_the_same_ligand(vina, tmp_path):
+    from rdkit import Chem
+    sdf = read_ligands(vina[1])
+    mols = list(Chem.SDMolSupplier(str(vina[1]), removeHs=False))
+    path = tmp_path / "poses.mol2"
+    path.write_text("".join(C.to_mol2(m) for m in mols[:3]))  # multi-molecule MOL2
+    mol2 = read_ligands(path)
+    assert len(mol2) == 3
+    for a, b in zip(mol2, sdf):
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_allclose(a.pos, b.pos, atol=1e-4)
+
+
 def test_ligand_flag_option(vina):
     lig = read_ligands(vina[1], ligand_flag=True)[0]
     assert lig.x.shape == (43, 19) and (lig.x[:, 18] == 1).all()
@@ -268,6 +281,7 @@ def test_pdbbind_reader_split_and_cache(pdbbind_root, tmp_path, monkeypatch):
     sp = ds.split(seed=42)
     assert sorted(ds.ids[i] for i in sp["test"]) == C.CORE
     assert len(sp["val"]) == 1 and len(sp["train"]) == 7
+    assert int(ds[ds.ids.index("1pv2")].ligand.sum()) == 43  # the MOL2 ligand
     d = ds[ds.ids.index("1pv0")]  # crystal ligand, full protein file
     assert d.x.shape[1] == 18 and int(d.ligand.sum()) == 43
     assert float(d.y) == pytest.approx(C.AFFINITY["1pv0"], abs=1e-5)
@@ -346,3 +360,22 @@ def test_step_decay_schedule():
     lrs = [h["lr"] for h in tr.history]  # lr after the last step of epochs 1..5 (4 steps each)
     expect = [1e-2 * 0.2 ** ((4 * e) // 8) for e in range(1, 6)]
     assert lrs == pytest.approx(expect, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_cutoff_benchmark_script_quick(shared_data, tmp_path, monkeypatch):
+    import importlib.util
+    import json
+    monkeypatch.setenv("PAMNET_BENCH_MEMORY", "0")
+    monkeypatch.setenv("PAMNET_SHARED_DATA", str(shared_data))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "pdbbind_cutoff.py"
+    spec = importlib.util.spec_from_file_location("pdbbind_cutoff", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod._data, "DATA_DIR", Path(shared_data))
+    assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cutoff.json").read_text())["rows"]
+    assert {(r["model"], r["cutoff"]) for r in rows} == {(m, c) for m in ("PAMNet", "DimeNet++") for c in (2.0, 4.0)}
+    assert all(r["time_ms"] > 0 for r in rows) and (tmp_path / "cutoff.png").stat().st_size > 0
+    small, large = [r for r in rows if r["model"] == "DimeNet++"]
+    assert large["dimenet_triplets"] > small["dimenet_triplets"] > 0

@@ -171,7 +171,9 @@ def read_ligands(path, ligand_flag: bool = False) -> List[Ligand]:
         blocks = ["@<TRIPOS>MOLECULE" + b for b in text.split("@<TRIPOS>MOLECULE")[1:]]
         if not blocks:
             raise ComplexError(f"{path}: no @<TRIPOS>MOLECULE record (not a MOL2 file?)")
-        mols = [(k, Chem.MolFromMol2Block(b, sanitize=False, removeHs=False), {}) for k, b in enumerate(blocks)]
+        # RDKit's own MOL2 clean-up (charges of N.4, carboxylates...) runs only with sanitize=True
+        mols = [(k, Chem.MolFromMol2Block(b, sanitize=True, removeHs=False) or
+                 Chem.MolFromMol2Block(b, sanitize=False, removeHs=False), {}) for k, b in enumerate(blocks)]
     if not mols:
         raise ComplexError(f"{path}: no molecules in the file")
     out = []
