@@ -94,6 +94,8 @@ def test_protein_features_hand_checked(vina):
     _check(by_name[("PHE", "CZ")], _feat(C=1, hyb=2, heavydegree=2, hydrophobic=1, aromatic=1, ring=1), -1)
     # methionine SD: thioether S, sp3, hydrophobic (tfbio: S^3), acceptor
     _check(by_name[("MET", "SD")], _feat(S=1, hyb=3, heavydegree=2, hydrophobic=1, acceptor=1), -1)
+    # isoleucine CD (CHARMM's name for CD1, not in the template): bonded by distance to CG1, a methyl
+    _check(by_name[("ILE", "CD")], _feat(C=1, hyb=3, heavydegree=1, hydrophobic=1), -1)
     # proline N: no H, so no donor; in the pyrrolidine ring
     _check(by_name[("PRO", "N")], _feat(N=1, hyb=2, heavydegree=3, acceptor=1, ring=1), -1)
 

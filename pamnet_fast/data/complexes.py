@@ -318,22 +318,26 @@ def protein_molecule(prot: Protein, residues: np.ndarray):
     for r, s, e in zip(residues.tolist(), starts, ends):
         code = AMINO_ACIDS.get(prot.residue_name[r])
         local = list(range(s, e))
+        unmatched = local
         if code is not None:
             tpl = _residue_template(code)
+            names = {a for a, _ in tpl}
             for p in local:
                 for q in local:
                     if p < q:
                         order = tpl.get((prot.atom_name[atom_ids[p]], prot.atom_name[atom_ids[q]]))
                         if order is not None:
                             bond(p, q, order)
-        else:  # cofactors, modified residues: single bonds by covalent radii
-            for p in local:
+            # atoms the template does not name (force-field names such as OT1/OT2 or ILE CD)
+            unmatched = [p for p in local if prot.atom_name[atom_ids[p]] not in names]
+        if unmatched:  # cofactors, modified residues, unnamed atoms: single bonds by covalent radii
+            for p in unmatched:
                 zp = int(prot.z[atom_ids[p]])
                 if zp not in _COVALENT:
                     continue
                 for q in local:
                     zq = int(prot.z[atom_ids[q]])
-                    if p < q and zq in _COVALENT and \
+                    if p != q and zq in _COVALENT and \
                             np.linalg.norm(pos[p] - pos[q]) <= _COVALENT[zp] + _COVALENT[zq] + 0.4:
                         bond(p, q, 1)
         # peptide bond to the previous residue of the chain
