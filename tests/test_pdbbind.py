@@ -278,8 +278,10 @@ def test_index_parsing_and_split(tmp_path):
 
 
 def test_pdbbind_reader_split_and_cache(pdbbind_root, tmp_path, monkeypatch):
-    ds = PDBbind(pdbbind_root, cache_dir=tmp_path, verbose=False)
+    ds = PDBbind(pdbbind_root, cache_dir=tmp_path, verbose=False, num_workers=2)  # 2 spawned processes
     assert ds.ids == sorted(C.IDS) and ds.core == C.CORE and not ds.skipped
+    serial = PDBbind(pdbbind_root, cache_dir=tmp_path / "serial", verbose=False, num_workers=1)
+    assert torch.equal(serial.x, ds.x) and torch.equal(serial.pos, ds.pos) and torch.equal(serial.ptr, ds.ptr)
     sp = ds.split(seed=42)
     assert sorted(ds.ids[i] for i in sp["test"]) == C.CORE
     assert len(sp["val"]) == 1 and len(sp["train"]) == 7
