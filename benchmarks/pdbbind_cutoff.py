@@ -8,7 +8,7 @@ PAMNet: ``PAMNetConfig.pdbbind()`` (dim 128, 3 layers) with the local cutoff min
 cutoff c. DimeNet++: PyG's model with its QM9 hyper-parameters and cutoff c, on our radius graph and
 triplets (``pamnet_fast.pyg.accelerate()``); it embeds atomic numbers (PAMNet: the 18 features).
 Time: the fastest of ``--repeats`` calls after a warm-up (and their median). Memory: RSS high-water of one call above the RSS
-before it, in a fresh process (``_data.peak_memory``). Writes ``cutoff.json`` and ``cutoff.png``.
+before it, in a fresh process (``_data.peak_memory``). Writes ``cutoff.json``, ``cutoff.md`` and ``cutoff.png``.
 """
 from __future__ import annotations
 
@@ -131,6 +131,29 @@ def plot(rows, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_table(rows, meta, path: Path) -> None:
+    """The numbers as a Markdown table (``cutoff.md``)."""
+    lines = [f"Complex: {meta['complex']} ({meta['complex_atoms']} heavy atoms: {meta['pocket_atoms']} pocket + "
+             f"{meta['ligand_atoms']} ligand; {meta['nodes_in_three_graphs']} nodes in the complex, pocket and "
+             f"ligand graphs), inference, {meta['threads']} thread(s), fastest of {meta['repeats']} calls; "
+             f"{meta.get('machine', '')}.", "",
+             "| cutoff (Å) | edges | DimeNet++ triplets | PAMNet ms | DimeNet++ ms | PAMNet peak MB | DimeNet++ peak MB |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def fmt(v, spec):
+        return "—" if v is None else format(v, spec)
+    for c in sorted({r["cutoff"] for r in rows}):
+        p = next((r for r in rows if r["cutoff"] == c and r["model"] == "PAMNet"), {})
+        d = next((r for r in rows if r["cutoff"] == c and r["model"] == "DimeNet++"), {})
+        lines.append(f"| {c:g} | {fmt(p.get('edges'), ',')} | {fmt(p.get('dimenet_triplets'), ',')} | "
+                     f"{fmt(p.get('time_ms'), '.1f')} | {fmt(d.get('time_ms'), '.1f')} | "
+                     f"{fmt(p.get('peak_extra_mb'), '.1f')} | {fmt(d.get('peak_extra_mb'), '.1f')}"
+                     f"{' (' + d['skipped'] + ')' if d.get('skipped') else ''} |")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="cutoffs 2 and 4 Å, one timed call")
@@ -160,12 +183,14 @@ def main(argv=None) -> int:
     n_lig = int(batch.ligand.sum())
     meta = {"complex": "prolif_vina rec.pdb + vina_output.sdf pose 0", "complex_atoms": n_complex,
             "ligand_atoms": n_lig, "pocket_atoms": n_complex - n_lig, "nodes_in_three_graphs": int(g.num_nodes),
-            "threads": torch.get_num_threads(), "repeats": repeats, "machine": _machine()}
+            "threads": torch.get_num_threads(), "repeats": repeats, "machine": _machine(),
+            "load_average_at_end": list(os.getloadavg())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "cutoff.json.tmp"
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, out / "cutoff.json")
+    write_table(rows, meta, out / "cutoff.md")
     try:
         plot(rows, out / "cutoff.png", f"ΔG inference on a real complex ({n_complex} heavy atoms: {n_complex - n_lig} "
                                        f"pocket + {n_lig} ligand; complex, pocket, ligand graphs in one batch), "

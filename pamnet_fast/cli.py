@@ -243,9 +243,9 @@ def cmd_train(args) -> int:
                              "test_size": test_size})
     target = task.target_name
     paper = dict(task.train_defaults)  # the dataset's own schedule (e.g. PDBbind: x0.2 every 50 epochs)
-    lr = args.lr if args.lr is not None else paper.pop("lr", QUICK["lr"] if quick else 1e-4)
-    epochs = args.epochs if args.epochs is not None else paper.pop("epochs", 900)
-    paper.pop("lr", None), paper.pop("epochs", None)
+    paper_lr, paper_epochs = paper.pop("lr", None), paper.pop("epochs", None)
+    lr = args.lr if args.lr is not None else (paper_lr or (QUICK["lr"] if quick else 1e-4))
+    epochs = args.epochs if args.epochs is not None else (paper_epochs or 900)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{target}"
     if quick:
         say(f"quick run: {args.model} on {args.dataset} {target}, budget {max_time / 60:.0f} min of training "
