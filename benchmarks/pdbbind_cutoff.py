@@ -131,11 +131,20 @@ def plot(rows, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _repeats(rows) -> dict:
+    out = {}
+    for r in rows:
+        if r.get("repeats"):
+            out.setdefault(r["model"], r["repeats"])
+    return out
+
+
 def write_table(rows, meta, path: Path) -> None:
     """The numbers as a Markdown table (``cutoff.md``)."""
     lines = [f"Complex: {meta['complex']} ({meta['complex_atoms']} heavy atoms: {meta['pocket_atoms']} pocket + "
              f"{meta['ligand_atoms']} ligand; {meta['nodes_in_three_graphs']} nodes in the complex, pocket and "
-             f"ligand graphs), inference, {meta['threads']} thread(s), fastest of {meta['repeats']} calls; "
+             f"ligand graphs), inference, {meta['threads']} thread(s), time = fastest of "
+             f"{', '.join(f'{n} calls ({m})' for m, n in _repeats(rows).items())}; "
              f"{meta.get('machine', '')}.", "",
              "| cutoff (Å) | edges | DimeNet++ triplets | PAMNet ms | DimeNet++ ms | PAMNet peak MB | DimeNet++ peak MB |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -160,30 +169,39 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(BENCH.parent / "results" / "pdbbind_cutoff"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", default="PAMNet,DimeNet++",
+                   help="comma-separated subset; rows of the other models are kept from an existing cutoff.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cutoffs = [2.0, 4.0] if args.quick else [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
     repeats = 1 if args.quick else args.repeats
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(models) - {"PAMNet", "DimeNet++"}
+    if unknown:
+        p.error(f"unknown models {sorted(unknown)}; valid: PAMNet, DimeNet++")
     batch, g = complex_batch()
     rows = []
+    old = Path(args.out) / "cutoff.json"
+    kept = [r for r in json.loads(old.read_text())["rows"] if r["model"] not in models] if old.exists() else []
     for c in cutoffs:
         sizes = graph_sizes(c)
-        for model in ("PAMNet", "DimeNet++"):
+        for model in models:
             # DimeNet++ holds ~(num_spherical*num_radial + basis_emb + 2*int_emb) floats per triplet
             est_gb = 4.0 * (7 * 6 + 8 + 2 * 64) * sizes["dimenet_triplets"] / 2**30
             if model == "DimeNet++" and est_gb > DIMENET_MEM_LIMIT_GB:
                 rows.append({"model": model, "cutoff": c, "time_ms": None, "peak_extra_mb": None,
                              "skipped": f"estimated >= {est_gb:.1f} GiB"})
                 continue
-            row = {**measure(model, c, repeats), **sizes}
+            row = {**measure(model, c, repeats), **sizes, "repeats": repeats}
             rows.append(row)
             print(f"{model:>10} cutoff {c:4.1f} Å: {row['time_ms']:9.1f} ms, peak +{row['peak_extra_mb']} MB, "
                   f"{sizes['edges']:,} edges, {sizes['dimenet_triplets']:,} DimeNet++ triplets", flush=True)
+    rows = sorted(rows + [r for r in kept if r["cutoff"] in cutoffs], key=lambda r: (r["cutoff"], r["model"] != "PAMNet"))
     n_complex = int(batch.num_nodes)
     n_lig = int(batch.ligand.sum())
     meta = {"complex": "prolif_vina rec.pdb + vina_output.sdf pose 0", "complex_atoms": n_complex,
             "ligand_atoms": n_lig, "pocket_atoms": n_complex - n_lig, "nodes_in_three_graphs": int(g.num_nodes),
-            "threads": torch.get_num_threads(), "repeats": repeats, "machine": _machine(),
+            "threads": torch.get_num_threads(), "machine": _machine(),
             "load_average_at_end": list(os.getloadavg())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
