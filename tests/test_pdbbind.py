@@ -278,10 +278,8 @@ def test_index_parsing_and_split(tmp_path):
 
 
 def test_pdbbind_reader_split_and_cache(pdbbind_root, tmp_path, monkeypatch):
-    ds = PDBbind(pdbbind_root, cache_dir=tmp_path, verbose=False, num_workers=2)  # 2 spawned processes
+    ds = PDBbind(pdbbind_root, cache_dir=tmp_path, verbose=False)
     assert ds.ids == sorted(C.IDS) and ds.core == C.CORE and not ds.skipped
-    serial = PDBbind(pdbbind_root, cache_dir=tmp_path / "serial", verbose=False, num_workers=1)
-    assert torch.equal(serial.x, ds.x) and torch.equal(serial.pos, ds.pos) and torch.equal(serial.ptr, ds.ptr)
     sp = ds.split(seed=42)
     assert sorted(ds.ids[i] for i in sp["test"]) == C.CORE
     assert len(sp["val"]) == 1 and len(sp["train"]) == 7
@@ -304,6 +302,14 @@ def test_pdbbind_reader_split_and_cache(pdbbind_root, tmp_path, monkeypatch):
     monkeypatch.setattr(P, "process_complex", boom)
     again = PDBbind(pdbbind_root, cache_dir=tmp_path, verbose=False)
     assert torch.equal(again.x, ds.x) and again.ids == ds.ids
+
+
+@pytest.mark.slow
+def test_pdbbind_parallel_processing_matches_serial(pdbbind_root, tmp_path):
+    par = PDBbind(pdbbind_root, cache_dir=tmp_path / "par", verbose=False, num_workers=2)  # spawned pool
+    serial = PDBbind(pdbbind_root, cache_dir=tmp_path / "serial", verbose=False, num_workers=1)
+    assert par.ids == serial.ids
+    assert torch.equal(serial.x, par.x) and torch.equal(serial.pos, par.pos) and torch.equal(serial.ptr, par.ptr)
 
 
 def test_pdbbind_layout_errors(tmp_path, pdbbind_root):
