@@ -87,6 +87,10 @@ def test_protein_features_hand_checked(vina):
         by_name.setdefault((prot.residue_name[prot.residue[a]], prot.atom_name[a]), pocket.x[k])
     # serine hydroxyl: sp3 O, donor + acceptor
     _check(by_name[("SER", "OG")], _feat(O=1, hyb=3, heavydegree=1, acceptor=1, donor=1), -1)
+    # serine CB: bonded to CA and OG, so 1 hetero neighbour, positive charge, not hydrophobic (C-O)
+    _check(by_name[("SER", "CB")], _feat(C=1, hyb=3, heavydegree=2, heterodegree=1), 1)
+    # backbone carbonyl C: sp2, bonded to CA, O and the next N
+    _check(by_name[("ASP", "C")], _feat(C=1, hyb=2, heavydegree=3, heterodegree=2), 1)
     # backbone carbonyl O and amide N (non-proline): the template's bond orders make them sp2
     _check(by_name[("ASP", "O")], _feat(O=1, hyb=2, heavydegree=1, acceptor=1), -1)
     _check(by_name[("VAL", "N")], _feat(N=1, hyb=2, heavydegree=2, acceptor=1, donor=1), -1)

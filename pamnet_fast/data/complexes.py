@@ -9,7 +9,7 @@ Atom features (PAMNet's PDBbind featurization, originally openbabel/pybel via tf
 
 ====  ==========================================================================================
 0-8   element class one-hot: B, C, N, O, P, S, Se, halogen (F, Cl, Br, I), metal
-9     hybridization (1 sp, 2 sp2, 3 sp3, 0 other)
+9     hybridization by RDKit (1 sp, 2 sp2, 3 sp3 and hypervalent, 0 other; conjugated N/O are sp2)
 10    heavy-atom degree (bonded non-H neighbours)
 11    hetero-atom degree (bonded neighbours other than C and H)
 12    Gasteiger partial charge (0 where RDKit has no parameters, e.g. metals)
