@@ -220,8 +220,9 @@ def test_vina_score_fields():
 
 
 # ----------------------------------------------------------------------------- bad input
-def test_bad_inputs_get_clear_errors(vina, tmp_path):
+def test_bad_inputs_get_clear_errors(vina, tmp_path, shared_data):
     rec, sdf = vina
+    crystal_sdf = C.crystal_ligand_sdf(shared_data, tmp_path / "crystal.sdf")
     with pytest.raises(ComplexError, match="does not exist"):
         load_complexes(rec, tmp_path / "nope.sdf")
     with pytest.raises(ComplexError, match="did you swap"):
@@ -253,6 +254,14 @@ def test_bad_inputs_get_clear_errors(vina, tmp_path):
     w.close()
     with pytest.raises(ComplexError, match="same complex and frame"):
         load_complexes(rec, far)
+    # a receptor file that still contains the ligand
+    holo = tmp_path / "holo.pdb"
+    lig_lines = [ln for ln in (rec.parent / "lig.pdb").read_text().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    rec_lines = [ln for ln in rec.read_text().splitlines() if ln.startswith(("ATOM", "HETATM"))]
+    holo.write_text("\n".join(rec_lines + ["TER"] + ["HETATM" + ln[6:21] + "L" + ln[22:] for ln in lig_lines]
+                              + ["END"]) + "\n")
+    with pytest.raises(ComplexError, match="contain the ligand"):
+        load_complexes(holo, crystal_sdf)
     mol2 = tmp_path / "x.mol2"
     mol2.write_text("not mol2\n")
     with pytest.raises(ComplexError, match="TRIPOS"):

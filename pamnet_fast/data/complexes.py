@@ -411,6 +411,13 @@ class ReceptorFeatures:
         if len(idx) == 0:
             raise ComplexError(f"{self.protein.path}: no receptor atom within {cutoff} Å of the ligand; do "
                                f"the receptor and ligand files belong to the same complex and frame?")
+        # heavy atoms never come closer than ~1.2 Å (a covalent bond); overlapping atoms mean the
+        # receptor file still holds this ligand (or a copy of it)
+        overlap = len(pocket_indices(ligand_pos, self.pos[idx], 0.5))
+        if overlap >= max(3, len(ligand_pos) // 2):
+            raise ComplexError(f"{self.protein.path}: {overlap} of the {len(ligand_pos)} ligand atoms sit on "
+                               f"receptor atoms (< 0.5 Å); the receptor file seems to contain the ligand "
+                               f"itself: remove it (HETATM records) from the receptor")
         return Pocket(self.x[idx], self.pos[idx], self.atom_ids[idx])
 
 
