@@ -355,6 +355,7 @@ def test_cli_train_evaluate_predict(pdbbind_root, vina, tmp_path, capsys):
     from pamnet_fast.train import load_checkpoint
     st = load_checkpoint(out / "model.pt")
     assert st["meta"]["dataset"] == "pdbbind" and st["train_config"]["loss"] == "mse"
+    assert Path(st["meta"]["root"]).is_absolute()  # evaluate/predict work from any directory
     assert st["train_config"]["decay_staircase"] and st["train_config"]["decay_rate"] == 0.2
     assert st["results"]["test_n"] == 2
     rc = main(["evaluate", str(out), "--cache-dir", str(tmp_path / "c"), "--quiet", "--device", "cpu"])

@@ -159,7 +159,7 @@ def _register_builtin() -> None:
               "test": _cut(sp["test"], test_size)}
         tr, va, te = subsets(ds, sp)
         return TaskData(tr, va, te, target_name="affinity", unit="pK", element_ref=False, loss="mse",
-                        summary=ds.summary(), full=ds, meta={"target": "affinity", "cutoff": cutoff,
-                                                             "ligand_flag": ligand_flag},
+                        summary=ds.summary(), full=ds, meta={"target": "affinity", "root": str(ds.root),
+                                                             "cutoff": cutoff, "ligand_flag": ligand_flag},
                         train_defaults={"lr": 5e-4, "epochs": 200, "warmup_epochs": 0.0, "decay_rate": 0.2,
                                         "decay_epochs": 50.0, "decay_staircase": True})
