@@ -121,7 +121,8 @@ def make_pdbbind_copy(shared_data, root: Path) -> Path:
             heavy = np.array([p for a, p in zip(m.GetAtoms(), m.GetConformer().GetPositions())
                               if a.GetAtomicNum() > 1])
             pocket_pdb(shared_data, heavy, cdir / f"{code}_pocket.pdb")
-    header = "# made-up affinities for tests\n# PDB code, resolution, release year, -logKd/Ki, Kd/Ki, reference, ligand name\n"
+    header = ("# made-up affinities for tests\n"
+              "# PDB code, resolution, release year, -logKd/Ki, Kd/Ki, reference, ligand name\n")
     (refined / "index" / "INDEX_refined_data.2016").write_text(header + "".join(
         f"{c}  2.00  2016   {AFFINITY[c]:.2f}  Kd=1uM  // test.pdf (LIG)\n" for c in IDS))
     (refined / "index" / "INDEX_core_data.2016").write_text(header + "".join(

@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 
 from .cache import default_cache_dir, files_fingerprint, key_hash, load_or_build
