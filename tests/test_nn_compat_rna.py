@@ -133,3 +133,13 @@ def test_compat_knn_plexes_follow_the_authors_directions():
     self_pairs = _edge_set(torch.stack([trip.one_hop_j2i, trip.one_hop_ji])) & {
         (e, e) for e in range(g.edge_index_l.size(1))}
     assert len(self_pairs) == g.edge_index_l.size(1) > 0
+
+
+def test_load_reference_checkpoint_rejects_non_state_dicts(tmp_path):
+    path = tmp_path / "not_a_state_dict.pt"
+    torch.save([torch.zeros(3)], path)
+    with pytest.raises(ValueError, match="not a plain state_dict"):
+        load_reference_checkpoint(path)
+    good = tmp_path / "sd.pt"
+    torch.save({"embeddings": torch.ones(3, 16)}, good)
+    assert torch.equal(load_reference_checkpoint(good)["embeddings"], torch.ones(3, 16))

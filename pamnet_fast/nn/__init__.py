@@ -15,7 +15,7 @@ __all__ = [
     "BesselBasis", "SphericalBasis", "MLP", "Linear", "LinearSiLU", "Res", "GlobalMessagePassing", "LocalMessagePassing",
     "LocalMessagePassingS", "AttentionFusion", "graph_sum", "graph_mean", "readout", "signed_sum",
     "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges",
-    "DipoleHead", "ProteinLigandHead", "complex_batch", "load_reference_checkpoint", "load_reference_state_dict",
-    "reference_key_map", "to_reference_state_dict",
+    "DipoleHead", "ProteinLigandHead", "complex_batch", "load_reference_checkpoint",
+    "load_reference_state_dict", "reference_key_map", "to_reference_state_dict",
     "SchNetConfig", "SchNetBaseline", "DimeNetPlusPlusConfig", "DimeNetPlusPlusBaseline",
 ]
