@@ -36,8 +36,14 @@ Usage (outside CI; needs sympy, scipy, torch_geometric)::
         --data ../shared/data/rna_puzzles_native \\
         --out tests/data/pamnet_rna_reference_outputs.json
 
-``--dtype float64`` runs their model in double precision as well (written beside the float32 outputs:
-the spread between the two is the floating-point noise of their float32 computation).
+Their model is run in float32 (as published) and in float64 (written beside it: the spread between the
+two, 2.75e-6 relative, is the floating-point noise of their float32 computation).
+
+Checking the knn shim: with torch_cluster 1.6.3 built from source (``MAX_JOBS=1 pip install
+--no-build-isolation --no-deps --target /tmp/tc_site torch-cluster==1.6.3``, ~30 min on 2 busy cores),
+``PYTHONPATH=/tmp/tc_site python3 scripts/reference_rna_outputs.py --real-knn ...`` calls the real
+``torch_cluster.knn``; on the 21 natives it returns the same pairs as the shim and the written outputs
+are bit-identical to the committed fixture (float32 and float64).
 """
 from __future__ import annotations
 
@@ -134,8 +140,9 @@ class SparseTensorShim:
 CHECK_TIES = True
 
 
-def load_authors_code(src: str):
-    """Import their ``models`` with the shims in place; returns the module."""
+def load_authors_code(src: str, real_knn: bool = False):
+    """Import their ``models`` with the shims in place (``real_knn``: keep PyG's ``knn``, i.e. a real
+    torch_cluster); returns the module."""
     import torch_geometric  # noqa: F401  (import PyG before the fake modules exist)
     import torch_geometric.nn  # noqa: F401
     if not hasattr(np, "math"):
@@ -151,7 +158,11 @@ def load_authors_code(src: str):
     sys.modules["utils"], sys.modules["utils.sbf"] = utils, sbf
     sys.path.insert(0, os.path.abspath(src))
     import models
-    models.knn = knn_shim
+    if real_knn:  # PyG >= 2.7 routes nn.knn to pyg-lib, so call torch_cluster directly
+        import torch_cluster
+        models.knn = lambda x, y, k, batch_x=None, batch_y=None: torch_cluster.knn(x, y, k, batch_x, batch_y)
+    else:
+        models.knn = knn_shim
     return models
 
 
@@ -194,10 +205,12 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="JSON file to write")
     p.add_argument("--batch-size", type=int, default=8, help="their inference batch size (8)")
     p.add_argument("--no-check-ties", action="store_true")
+    p.add_argument("--real-knn", action="store_true",
+                   help="use an installed torch_cluster's knn instead of the shim (to check the shim)")
     args = p.parse_args(argv)
     CHECK_TIES = not args.no_check_ties
     torch.set_num_threads(1)
-    models = load_authors_code(args.authors_src)
+    models = load_authors_code(args.authors_src, real_knn=args.real_knn)
     graphs, names = read_tu_like_authors(args.data)
     out32 = run(models, args.checkpoint, graphs, torch.float32, args.batch_size)
     out64 = run(models, args.checkpoint, graphs, torch.float64, args.batch_size)
@@ -205,8 +218,9 @@ def main(argv=None):
     result = {
         "source": "XieResearchGroup/Physics-aware-Multiplex-GNN@1edb8d94f6b82aac14bfb68b94393dfb0e5fc8a4 "
                   "models.PAMNet + save/pamnet_rna.pt, run by scripts/reference_rna_outputs.py "
-                  "(torch_cluster.knn / torch_scatter.scatter / torch_sparse.SparseTensor replaced by "
-                  "exact plain-PyTorch shims)",
+                  f"({'torch_cluster.knn' if args.real_knn else 'torch_cluster.knn (shim)'}; "
+                  "torch_scatter.scatter / torch_sparse.SparseTensor replaced by exact plain-PyTorch "
+                  "shims)",
         "config": {"dataset": "rna_native", "dim": 16, "n_layer": 1, "cutoff_l": 2.6, "cutoff_g": 20.0,
                    "flow": "target_to_source", "batch_size": args.batch_size},
         "torch": torch.__version__,
