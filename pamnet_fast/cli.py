@@ -135,10 +135,14 @@ def make_parser() -> argparse.ArgumentParser:
     common(e)
     memory(e)
 
-    r = sub.add_parser("predict", help="write predictions (CSV) for a split or an XYZ/SDF file")
+    r = sub.add_parser("predict", help="write predictions (CSV) for a split, an XYZ/SDF file, or the poses "
+                                       "of a ligand in a receptor")
     r.add_argument("checkpoint", help="run directory, model.pt or checkpoint.pt")
     r.add_argument("--split", choices=("train", "val", "test"), default="test")
     r.add_argument("--input", default=None, help="molecules to predict: .xyz (multi-frame) or .sdf")
+    r.add_argument("--receptor", default=None, help="protein-ligand models: receptor .pdb/.cif (with --ligand)")
+    r.add_argument("--ligand", default=None,
+                   help="protein-ligand models: ligand .sdf (every pose of a multi-pose file) or .mol2")
     r.add_argument("--output", default=None, help="CSV path (default <run dir>/predictions_<split>.csv)")
     r.add_argument("--batch-size", type=int, default=128)
     common(r)
@@ -245,9 +249,7 @@ def cmd_train(args) -> int:
     train_size = args.train_size if args.train_size is not None else sizes.get("train_size")
     val_size = args.val_size if args.val_size is not None else sizes.get("val_size")
     test_size = args.test_size if args.test_size is not None else sizes.get("test_size")
-    lr = args.lr if args.lr is not None else (QUICK["lr"] if quick else 1e-4)
     batch = args.batch_size if args.batch_size is not None else QUICK["batch_size"]
-    epochs = args.epochs if args.epochs is not None else 900
     device = _device(args.device)
     info = env_world()
     say = (lambda m: None) if (args.quiet or info.rank != 0) else print
@@ -260,6 +262,10 @@ def cmd_train(args) -> int:
                              "split_seed": args.split_seed, "train_size": train_size, "val_size": val_size,
                              "test_size": test_size})
     target = task.target_name
+    paper = dict(task.train_defaults)  # the dataset's own schedule (e.g. PDBbind: x0.2 every 50 epochs)
+    paper_lr, paper_epochs = paper.pop("lr", None), paper.pop("epochs", None)
+    lr = args.lr if args.lr is not None else (paper_lr or (QUICK["lr"] if quick else 1e-4))
+    epochs = args.epochs if args.epochs is not None else (paper_epochs or 900)
     out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{args.dataset}-{target}"
     if quick:
         say(f"quick run: {args.model} on {args.dataset} {target}, budget {max_time / 60:.0f} min of training "
@@ -283,7 +289,7 @@ def cmd_train(args) -> int:
                       standardize=not args.no_standardize,
                       element_ref=task.element_ref and not args.no_element_ref,
                       loss=args.loss or task.loss, target_index=task.target_index,
-                      target_name=target, unit=task.unit)
+                      target_name=target, unit=task.unit, **paper)
     trainer = Trainer(model, task.train, task.val, task.test, cfg, out_dir=out, model_name=args.model,
                       time_origin=t_ready, meta=task.meta)
     res = trainer.fit(resume=args.resume)
@@ -292,6 +298,8 @@ def cmd_train(args) -> int:
         base = res.get("test_mae_element_baseline")
         base = f" | per-element linear baseline: {base:.4g} {u}" if base is not None else ""
         rmse = f" | RMSE {res['test_rmse']:.4g} {u}" if "test_rmse" in res else ""
+        if task.loss == "mse" and "test_sd" in res:  # affinity tasks: the paper's Table 2 columns too
+            rmse += f" | SD {res['test_sd']:.4g} {u} | Pearson R {res['test_pearson_r']:.4f}"
         print(f"{args.model} {target}: test MAE {res['test_mae']:.4g} {u}{rmse} | predicting the training "
               f"mean: {res.get('test_mae_train_mean', float('nan')):.4g} {u}{base} | best val MAE "
               f"{res['best_val_mae']:.4g} {u} (epoch {res['best_epoch']}) | {res['steps']} steps, "
@@ -358,7 +366,19 @@ def cmd_predict(args) -> int:
     apply_max_memory(model, args.max_memory)
     meta = st.get("meta") or {}
     target = meta.get("target", "y")
-    if args.input:
+    if args.receptor or args.ligand:
+        from .train.pose_scoring import score_poses
+        if not (args.receptor and args.ligand):
+            raise SystemExit("pamnet-fast predict: --receptor and --ligand go together")
+        if meta.get("dataset") != "pdbbind":
+            raise SystemExit(f"pamnet-fast predict: {f} is a {meta.get('dataset', 'qm9')} model; scoring "
+                             f"poses needs one trained on protein-ligand complexes (--dataset pdbbind)")
+        outp = Path(args.output) if args.output else Path(args.ligand).with_suffix(".affinity.csv")
+        rows = score_poses(model, st, args.receptor, args.ligand, outp, device, args.batch_size)
+        for r in rows:
+            print(f"{r['pose']:>4} {r['name'][:30]:<30} vina {r['vina_score'] if r['vina_score'] != '' else '-':>7} "
+                  f"predicted -logKd/Ki {r['pred_affinity']:.3f}")
+    elif args.input:
         from torch_geometric.data import Data
         from .data.bonds import molecule_bonds
         mols = _read_molecules(Path(args.input))
@@ -414,9 +434,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         valid = dataset_targets_of(args.dataset)
         if valid and args.target not in valid:
             parser.error(f"dataset {args.dataset} has no target {args.target!r}; valid: {', '.join(valid)}")
+    from .data.complexes import ComplexError
+    from .data.pdbbind import PDBbindError
     try:
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "data": cmd_data}[args.command](args)
+    except (ComplexError, PDBbindError) as e:  # bad input files: the message says what and where
+        print(f"pamnet-fast: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

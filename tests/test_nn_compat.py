@@ -35,10 +35,11 @@ AUTHORS_SAMPLE = {
 }
 
 
-def synthetic_checkpoint(small: bool, dim: int, n_layer: int, seed: int = 0, dtype=torch.float64):
+def synthetic_checkpoint(small: bool, dim: int, n_layer: int, seed: int = 0, dtype=torch.float64,
+                         rna: bool = False):
     gen = torch.Generator().manual_seed(seed)
     return {k: torch.randn(shape, generator=gen, dtype=dtype) * 0.3
-            for k, shape in reference_layout(small, dim, n_layer).items()}
+            for k, shape in reference_layout(small, dim, n_layer, rna=rna).items()}
 
 
 def test_layout_matches_authors_names():
@@ -57,6 +58,7 @@ def test_layout_matches_authors_names():
     (False, PAMNetConfig.qm9(dim=16, n_layer=2)),
     (True, PAMNetConfig.qm9(dim=16, n_layer=2)),
     (False, PAMNetConfig.rna(n_layer=2)),
+    (False, PAMNetConfig.rna(n_layer=2, reference_compat=True)),
     (False, PAMNetConfig.pdbbind(dim=16, n_layer=2)),
 ])
 def test_key_map_covers_every_parameter(small, cfg):
@@ -64,7 +66,7 @@ def test_key_map_covers_every_parameter(small, cfg):
     mapping = reference_key_map(model)
     ours = dict(model.named_parameters())
     assert sorted(mapping.values()) == sorted(ours)
-    lay = reference_layout(small, cfg.dim, cfg.n_layer)
+    lay = reference_layout(small, cfg.dim, cfg.n_layer, rna=tuple(cfg.atom_types) == (6, 7, 8))
     for theirs, name in mapping.items():
         assert tuple(ours[name].shape) == lay[theirs], theirs
 
@@ -114,13 +116,14 @@ def test_load_rejects_bad_checkpoints():
 def test_rna_checkpoint_runs_in_compat_mode():
     """A synthetic stand-in for their save/pamnet_rna.pt (RNA-Puzzles, PAMNet): loads into the rna preset
     with reference_compat=True and matches the plain authors'-style computation."""
-    sd = synthetic_checkpoint(False, 16, 1, seed=5)
+    sd = synthetic_checkpoint(False, 16, 1, seed=5, rna=True)
     model = PAMNet(PAMNetConfig.rna(reference_compat=True)).double()
-    model.load_reference_state_dict(sd)
+    assert model.load_reference_state_dict(sd) == []
+    assert list(to_reference_state_dict(model)) == list(sd)  # their RNA layout: 3 rows, no init_linear
     data = Batch.from_data_list([rna_structure(6, max_atoms=200)])
     out = model(data)
     assert out.shape == (1, 1) and out.abs().max() > 0
     assert rel_err(out, reference_forward(model, data)) < 1e-9
-    default = PAMNet(PAMNetConfig.rna()).double()
+    default = PAMNet(PAMNetConfig.rna(atom_types=(6, 7, 8))).double()
     default.load_reference_state_dict(sd)
     assert rel_err(default(data), out) > 1e-3  # the compat numerics differ from the paper's

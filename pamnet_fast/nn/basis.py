@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -56,19 +57,21 @@ def compat_sbf_constants(num_spherical: int, num_radial: int):
 
 
 def compat_spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int,
-                           num_radial: int, envelope_exponent: int) -> Tensor:
-    """Authors' spherical basis per triplet, ``[T, L*N]`` (l-major): v(x) c_ln j_l(z_ln x) Y_l^0."""
+                           num_radial: int, envelope_exponent: int,
+                           index: Optional[Tensor] = None) -> Tensor:
+    """Authors' spherical basis per triplet, ``[T, L*N]`` (l-major): v(x) c_ln j_l(z_ln x) Y_l^0.
+    ``dist [T]``, or ``dist [E]`` per edge with ``index [T]`` the edge of each triplet: the radial part
+    is then computed once per edge and gathered, as the authors do (T is several times E)."""
     zeros, norm, pref = compat_sbf_constants(num_spherical, num_radial)
     x = (dist / cutoff).unsqueeze(-1)
     env = compat_envelope(x, envelope_exponent)
+    rad = torch.cat([norm[l].to(dist.dtype) * ref_ops.spherical_jn(l, zeros[l].to(dist.dtype) * x)
+                     for l in range(num_spherical)], dim=-1) * env  # [E or T, L*N]
+    if index is not None:
+        rad = rad.index_select(0, index)
     cos_t = torch.cos(angle)
-    cols = []
-    for l in range(num_spherical):
-        z = zeros[l].to(dist.dtype)
-        rad = norm[l].to(dist.dtype) * ref_ops.spherical_jn(l, z * x)  # [T, N]
-        y = float(pref[l]) * ref_ops.legendre(l, cos_t)
-        cols.append(rad * y.unsqueeze(-1))
-    return env * torch.cat(cols, dim=-1)
+    y = torch.stack([float(pref[l]) * ref_ops.legendre(l, cos_t) for l in range(num_spherical)], -1)
+    return (rad.view(-1, num_spherical, num_radial) * y.unsqueeze(-1)).view(-1, num_spherical * num_radial)
 
 
 class BesselBasis(nn.Module):
@@ -119,7 +122,8 @@ class SphericalBasis(nn.Module):
     the authors' :math:`v(x)\, c_{ln} j_l(z_{ln} x) Y_l^0(\alpha)` in plain PyTorch.
 
     Shapes: ``dist [T]`` (length of the triplet's sending edge), ``angle [T]`` ->
-    ``[T, num_spherical * num_radial]`` (l-major).
+    ``[T, num_spherical * num_radial]`` (l-major); or ``dist [E]`` per edge with ``index [T]``, the
+    sending edge of each triplet.
     """
 
     def __init__(self, num_spherical: int, num_radial: int, cutoff: float, envelope_exponent: int = 5,
@@ -138,10 +142,12 @@ class SphericalBasis(nn.Module):
     def reset_parameters(self):
         pass
 
-    def forward(self, dist: Tensor, angle: Tensor) -> Tensor:
+    def forward(self, dist: Tensor, angle: Tensor, index: Optional[Tensor] = None) -> Tensor:
         if self.reference_compat:
             return compat_spherical_basis(dist, angle, self.cutoff, self.num_spherical,
-                                          self.num_radial, self.p)
+                                          self.num_radial, self.p, index)
+        if index is not None:
+            dist = dist.index_select(0, index)
         return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p)
 
     def extra_repr(self) -> str:

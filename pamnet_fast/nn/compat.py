@@ -3,11 +3,17 @@ r"""Load state dicts saved by the authors' PAMNet code (XieResearchGroup/Physics
 Our modules keep the authors' parameter names (``embeddings``, ``init_linear.weight``, ``rbf_g.freq``,
 ``mlp_rbf_g.0.0.weight``, ``mlp_sbf1.0.0.bias``, ``global_layer.0.mlp_m.0.0.weight``,
 ``local_layer.0.res2.mlp.1.0.weight``, ``local_layer.0.W``, ...), so the name map is the identity on
-the shared parameters. Their ``PAMNet`` always holds both ``embeddings [5, dim]`` and
-``init_linear.weight [dim, 18]`` although one of them is unused for a given dataset; the unused one is
-skipped here. To run one of their checkpoints with their numerics, build the model with the matching
-preset and ``reference_compat=True`` (e.g. ``PAMNet(PAMNetConfig.rna(dim=..., n_layer=...,
-reference_compat=True))`` for ``save/pamnet_rna.pt``), then ``model.load_reference_state_dict(sd)``.
+the shared parameters. Their ``PAMNet`` holds both ``embeddings [5, dim]`` and ``init_linear.weight
+[dim, 18]`` (QM9, PDBbind; one of them unused, skipped here), except for RNA datasets, where it holds
+``embeddings [3, dim]`` only (rows C, N, O; the atom's node label is its row). To run one of their
+checkpoints with their numerics, build the model with the matching preset and
+``reference_compat=True``, then load; for the published RNA-Puzzles checkpoint ``save/pamnet_rna.pt``::
+
+    model = PAMNet(PAMNetConfig.rna(reference_compat=True))   # dim 16, 1 layer, rows C/N/O
+    model.load_reference_state_dict(load_reference_checkpoint("pamnet_rna.pt"))
+
+which reproduces the outputs of their ``inference_rna_puzzles.py`` on the 21 natives to < 1e-6
+relative (float32; ``tests/test_nn_compat_rna.py``).
 """
 from __future__ import annotations
 
@@ -27,13 +33,17 @@ def _mlp(prefix: str, channels) -> Dict[str, Tuple[int, ...]]:
 
 
 def reference_layout(small: bool, dim: int, n_layer: int, num_radial: int = 16, num_spherical: int = 7,
-                     num_spherical_radial: int = 6, in_features: int = 18) -> Dict[str, Tuple[int, ...]]:
+                     num_spherical_radial: int = 6, in_features: int = 18, rna: bool = False
+                     ) -> Dict[str, Tuple[int, ...]]:
     """Parameter names and shapes of the authors' ``PAMNet`` (``small=False``) / ``PAMNet_s``, in their
-    registration order (written from their ``models.py`` and ``layers/*.py``)."""
+    registration order (written from their ``models.py`` and ``layers/*.py``). ``rna``: their PAMNet
+    built for an RNA dataset (``embeddings [3, dim]``, no ``init_linear``)."""
+    if rna and small:
+        raise ValueError("reference_layout: the authors' PAMNet_s has no RNA variant (QM9 only)")
     d, n_sbf = dim, num_spherical * num_spherical_radial
     out: Dict[str, Tuple[int, ...]] = OrderedDict()
-    out["embeddings"] = (5, d)
-    if not small:
+    out["embeddings"] = (RNA_EMBEDDING_ROWS if rna else 5, d)
+    if not small and not rna:
         out["init_linear.weight"] = (d, in_features)
     out["rbf_g.freq"] = (num_radial,)
     out["rbf_l.freq"] = (num_radial,)
@@ -79,17 +89,40 @@ def reference_layout(small: bool, dim: int, n_layer: int, num_radial: int = 16, 
     return out
 
 
+RNA_EMBEDDING_ROWS = 3  # the authors' RNA models embed C, N, O (node labels 0, 1, 2)
+
+
 def _is_small(model: nn.Module) -> bool:
     from .pamnet import PAMNetS
     return isinstance(model, PAMNetS)
 
 
+def _is_rna_layout(model: nn.Module) -> bool:
+    """Whether the model corresponds to the authors' RNA ``PAMNet`` (3 embedding rows C, N, O)."""
+    emb = getattr(model, "embeddings", None)
+    return (not _is_small(model) and emb is not None and emb.size(0) == RNA_EMBEDDING_ROWS
+            and tuple(model.config.atom_types) == (6, 7, 8))
+
+
+def _layout(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+    cfg = model.config
+    return reference_layout(_is_small(model), cfg.dim, cfg.n_layer, cfg.num_radial, cfg.num_spherical,
+                            cfg.num_spherical_radial, cfg.in_features or 18, rna=_is_rna_layout(model))
+
+
+def load_reference_checkpoint(path) -> "OrderedDict[str, torch.Tensor]":
+    """A state dict saved by the authors' code (e.g. their ``save/pamnet_rna.pt``, saved from a GPU),
+    loaded onto the CPU with ``weights_only=True`` (tensors only; no code runs)."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"load_reference_checkpoint: {path} is not a plain state_dict of tensors")
+    return sd
+
+
 def reference_key_map(model: nn.Module) -> Dict[str, str]:
     """``{their name: our name}`` for every parameter of the authors' layout that this model uses."""
-    cfg = model.config
     ours = dict(model.named_parameters())
-    layout = reference_layout(_is_small(model), cfg.dim, cfg.n_layer, cfg.num_radial, cfg.num_spherical,
-                              cfg.num_spherical_radial, cfg.in_features or 18)
+    layout = _layout(model)
     mapping = {}
     for name in layout:
         if name in ("embeddings", "init_linear.weight") and name not in ours:
@@ -129,8 +162,12 @@ def load_reference_state_dict(model: nn.Module, state_dict, strict: bool = True)
                 continue
             src, dst = state_dict[theirs], ours[name]
             if tuple(src.shape) != tuple(dst.shape):
+                hint = "check dim / n_layer / out_dim"
+                if theirs == "embeddings" and src.size(0) == RNA_EMBEDDING_ROWS:
+                    hint = ("the authors' RNA models embed C, N, O only: build the model with "
+                            "PAMNetConfig.rna(reference_compat=True), or atom_types=(6, 7, 8)")
                 raise ValueError(f"load_reference_state_dict: {theirs} has shape {tuple(src.shape)}, "
-                                 f"expected {tuple(dst.shape)} (check dim / n_layer / out_dim)")
+                                 f"expected {tuple(dst.shape)} ({hint})")
             dst.copy_(src)
     return unused
 
@@ -138,11 +175,9 @@ def load_reference_state_dict(model: nn.Module, state_dict, strict: bool = True)
 def to_reference_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     """The model's parameters under the authors' names, in their layout (an unused ``embeddings`` or
     ``init_linear.weight`` is filled with zeros), loadable by their code."""
-    cfg = model.config
     mapping = reference_key_map(model)
     ours = dict(model.named_parameters())
-    layout = reference_layout(_is_small(model), cfg.dim, cfg.n_layer, cfg.num_radial, cfg.num_spherical,
-                              cfg.num_spherical_radial, cfg.in_features or 18)
+    layout = _layout(model)
     ref = next(iter(ours.values()))
     out = OrderedDict()
     for name, shape in layout.items():

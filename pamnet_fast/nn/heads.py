@@ -83,27 +83,52 @@ COMPLEX, POCKET, LIGAND = 0, 1, 2
 ROLE_SIGN = (1.0, -1.0, -1.0)
 
 
-def complex_batch(pockets: Sequence, ligands: Sequence):
-    r"""One PyG ``Batch`` holding, for each sample s, three graphs: complex (pocket + ligand atoms),
-    pocket, ligand. Each input is a ``Data`` with ``x [n, F]`` and ``pos [n, 3]``.
+def expand_complexes(batch):
+    r"""The three graphs of every complex of a collated batch, as one graph batch.
 
-    Adds per-graph ``role [3S]`` (0 complex, 1 pocket, 2 ligand), ``sign [3S]`` (+1, -1, -1) and
-    ``sample [3S]``. The graphs never interact: every plex is built per graph of ``batch``, so no
-    coordinate shifts are needed (the authors' code shifts copies by +100/+200 Å and recovers the sign
-    from an x-coordinate test).
+    ``batch``: complexes (PyG ``Batch`` of ``Data`` with ``x [N, F]``, ``pos [N, 3]``, ``ligand [N]``
+    bool, ``batch [N]``; see :func:`pamnet_fast.data.complexes.complex_data`). Returns a ``Data`` with
+    ``x``, ``pos``, ``batch`` over graphs ``3s`` (complex = all atoms of sample ``s``), ``3s + 1``
+    (its pocket atoms), ``3s + 2`` (its ligand atoms), ``num_graphs = 3S``, and per graph ``role``
+    (0, 1, 2), ``sign`` (+1, -1, -1) and ``sample``. Built with index arithmetic (no Python loop over
+    samples), so the model runs all three graphs of all samples in one pass. The graphs never interact:
+    every plex is built per graph (the authors' code shifts copies by +100/+200 Å instead).
     """
+    from torch_geometric.data import Data
+    lig = batch.ligand.view(-1).bool()
+    n = lig.numel()
+    sample = getattr(batch, "batch", None)
+    if sample is None:
+        sample = torch.zeros(n, dtype=torch.long, device=lig.device)
+    num_samples = getattr(batch, "num_graphs", None)
+    if not isinstance(num_samples, int):
+        num_samples = int(sample.max()) + 1 if n else 0
+    atoms = torch.arange(n, device=lig.device)
+    pocket_atoms, ligand_atoms = atoms[~lig], atoms[lig]
+    node = torch.cat([atoms, pocket_atoms, ligand_atoms])
+    graph = torch.cat([3 * sample, 3 * sample[pocket_atoms] + POCKET, 3 * sample[ligand_atoms] + LIGAND])
+    graph, order = torch.sort(graph, stable=True)  # graphs contiguous, atom order kept inside each
+    node = node[order]
+    role = torch.tensor([COMPLEX, POCKET, LIGAND], device=lig.device).repeat(num_samples)
+    out = Data(x=batch.x.index_select(0, node), pos=batch.pos.index_select(0, node), batch=graph,
+               role=role, sample=torch.arange(num_samples, device=lig.device).repeat_interleave(3))
+    out.sign = torch.tensor(ROLE_SIGN, dtype=batch.pos.dtype, device=lig.device)[role]
+    out.num_graphs = 3 * num_samples
+    out.num_samples = num_samples
+    return out
+
+
+def complex_batch(pockets: Sequence, ligands: Sequence):
+    r"""The three-graph batch (see :func:`expand_complexes`) of complexes given as pocket and ligand
+    ``Data`` (each with ``x [n, F]`` and ``pos [n, 3]``)."""
     from torch_geometric.data import Batch, Data
     if len(pockets) != len(ligands):
         raise ValueError(f"complex_batch: {len(pockets)} pockets but {len(ligands)} ligands")
-    graphs = []
-    for p, l in zip(pockets, ligands):
-        cplx = Data(x=torch.cat([p.x, l.x]), pos=torch.cat([p.pos, l.pos]))
-        for role, d in ((COMPLEX, cplx), (POCKET, p), (LIGAND, l)):
-            graphs.append(Data(x=d.x, pos=d.pos, role=torch.tensor([role])))
-    batch = Batch.from_data_list(graphs)
-    batch.sign = torch.tensor(ROLE_SIGN, dtype=batch.pos.dtype)[batch.role]
-    batch.sample = torch.arange(len(pockets)).repeat_interleave(3)
-    return batch
+    cplx = [Data(x=torch.cat([p.x, l.x]), pos=torch.cat([p.pos, l.pos]),
+                 ligand=torch.cat([torch.zeros(len(p.pos), dtype=torch.bool),
+                                   torch.ones(len(l.pos), dtype=torch.bool)]))
+            for p, l in zip(pockets, ligands)]
+    return expand_complexes(Batch.from_data_list(cplx))
 
 
 class ProteinLigandHead(nn.Module):
@@ -113,8 +138,9 @@ class ProteinLigandHead(nn.Module):
               \qquad G(\cdot) = \sum_i \sum_t \sum_p \alpha^t_{p,i}\, o^t_{p,i}
 
     ``model`` is a :class:`~.pamnet.PAMNet` with ``readout='sum'`` (e.g. ``PAMNetConfig.pdbbind()``);
-    ``forward(batch)`` takes :func:`complex_batch` output (``sign``, ``sample``) and returns
-    ``[num_samples, out_dim]``.
+    ``forward(batch)`` takes a collated batch of complexes (``x``, ``pos``, ``ligand`` mask; expanded
+    by :func:`expand_complexes`) or an already expanded batch (``sign``, ``sample``), and returns
+    ``[num_samples, out_dim]``: one model call for the 3S graphs.
     """
 
     def __init__(self, model: nn.Module):
@@ -124,7 +150,16 @@ class ProteinLigandHead(nn.Module):
     def reset_parameters(self):
         self.model.reset_parameters()
 
+    @property
+    def config(self):
+        return self.model.config
+
     def forward(self, batch) -> Tensor:
+        if getattr(batch, "sign", None) is None:
+            if getattr(batch, "ligand", None) is None:
+                raise ValueError("ProteinLigandHead needs complexes (data.ligand, the ligand-atom mask) or "
+                                 "a complex_batch (data.sign, data.sample)")
+            batch = expand_complexes(batch)
         per_graph = self.model(batch)  # [3S, out_dim]
         num_samples = int(batch.sample.max()) + 1 if batch.sample.numel() else 0
         return signed_sum(per_graph, batch.sign, batch.sample, num_samples)

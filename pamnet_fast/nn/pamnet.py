@@ -87,7 +87,10 @@ class PAMNetConfig:
     @classmethod
     def rna(cls, knn: bool = True, **kw) -> "PAMNetConfig":
         """dim 16, 1 layer, local 2.6 Å, global 20 Å (kNN-50 capped unless ``knn=False``), mean readout.
-        Embedding rows C, N, O, P, H (the authors' RNA-Puzzles labels 0/1/2 are C/N/O)."""
+        Embedding rows C, N, O, P, H; with ``reference_compat=True`` C, N, O only, as the authors'
+        RNA model (their node labels 0/1/2), so their ``save/pamnet_rna.pt`` loads as published."""
+        if kw.get("reference_compat") and "atom_types" not in kw:
+            kw["atom_types"] = (6, 7, 8)
         return replace(cls(dim=16, n_layer=1, cutoff_l=2.6, cutoff_g=20.0, local_graph="radius",
                            global_graph="knn" if knn else "radius", knn_k=50,
                            atom_types=(6, 7, 8, 15, 1), readout="mean"), **kw)
@@ -162,10 +165,13 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
 
     Default: global = ``radius_graph(cutoff_g)`` or ``knn_graph(knn_k, r=cutoff_g)`` (messages into i
     from its k nearest); local = bonds or ``radius_graph(cutoff_l)``; triplets without self pairs.
-    ``reference_compat``: the kNN plexes are the authors' ``knn(pos, pos, k)`` read as ``j -> i`` with
-    ``j`` the query (the transposed kNN graph, self counted among the k), cut at ``cutoff_g`` /
-    ``cutoff_l``; one-hop triplets include each edge paired with itself. ``global_plex=False``: the
-    global fields are ``None`` (the streamed path, :mod:`pamnet_fast.nn.stream`, builds it per block).
+    ``reference_compat`` with a kNN global plex (the authors' RNA model): one list, their
+    ``knn(pos, pos, k)`` with each atom counted among its own k and then dropped; the global plex is
+    that list cut at ``cutoff_g`` with each query receiving from its neighbours (their global layer
+    runs with ``flow='target_to_source'``), the local plex the same list cut at ``cutoff_l`` and
+    transposed (their local layer reads it as ``j, i = query, neighbour``); one-hop triplets include
+    each edge paired with itself. ``global_plex=False``: the global fields are ``None`` (the streamed
+    path, :mod:`pamnet_fast.nn.stream`, builds it per block; not with ``reference_compat`` + kNN).
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -173,11 +179,12 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
     if not global_plex:
         ei_g = ptr_g = None
     elif cfg.global_graph == "knn" and compat:
+        # authors: knn(pos, pos, k) (self among the k, then dropped), global layer with
+        # flow='target_to_source': the query aggregates from its k nearest, i.e. knn_graph as is.
         knn = ops.knn_graph(pos, cfg.knn_k, batch, loop=True)
-        knn, _ = sort_edges(knn.flip(0), n)
-        d = _dist(pos, knn)
-        ei_g, _ = sort_edges(knn[:, d <= cfg.cutoff_g], n, remove_self_loops=False)
-        ptr_g = _ptr(ei_g[1], n)
+        knn = knn[:, knn[0] != knn[1]]
+        d_knn = _dist(pos, knn)
+        ei_g, ptr_g = sort_edges(knn[:, d_knn <= cfg.cutoff_g], n, remove_self_loops=False)
     elif cfg.global_graph == "knn":
         ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
     elif cfg.global_graph == "radius":
@@ -193,9 +200,9 @@ def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
             raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
         ei_l, ptr_l = sort_edges(bonds, n)
     elif cfg.local_graph == "radius" and compat and cfg.global_graph == "knn":
-        keep = dist_g <= cfg.cutoff_l  # the authors cut the local plex out of the same kNN list
-        ei_l = ei_g[:, keep]
-        ptr_l = _ptr(ei_l[1], n)
+        # authors: the same kNN list cut at cutoff_l, but their local layer reads it as (j, i) =
+        # (query, neighbour): messages flow the other way than in the global plex (transposed).
+        ei_l, ptr_l = sort_edges(knn[:, d_knn <= cfg.cutoff_l].flip(0), n, remove_self_loops=False)
     elif cfg.local_graph == "radius":
         ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn, return_ptr=True)
     else:
@@ -285,7 +292,18 @@ class _PAMNetBase(nn.Module):
         if self.config.in_features:
             return self.init_linear(data.x.to(self.init_linear.weight.dtype))
         z = getattr(data, "z", None)
-        rows = self.atom_index[z.long()] if z is not None else data.x.view(-1).long()
+        if z is not None:
+            z = z.long()
+            known = (z >= 0) & (z < self.atom_index.numel())
+            rows = self.atom_index[z.clamp(0, self.atom_index.numel() - 1)]
+            if not bool((known & (rows >= 0)).all()):
+                bad = torch.unique(z[~known | (rows < 0)]).tolist()
+                raise ValueError(f"atomic numbers {bad[:8]} have no embedding row (atom_types="
+                                 f"{tuple(self.config.atom_types)})")
+        else:
+            rows = data.x.view(-1).long()
+            if rows.numel() and not bool(((rows >= 0) & (rows < self.embeddings.size(0))).all()):
+                raise ValueError(f"data.x holds embedding rows outside [0, {self.embeddings.size(0)})")
         return self.embeddings.index_select(0, rows)
 
     def build_graphs(self, data) -> Graphs:
@@ -392,8 +410,8 @@ class PAMNet(_PAMNetBase):
 
     def _sbf(self, pos: Tensor, g: Graphs):
         two, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
-        sbf2 = self.mlp_sbf2(self.sbf(g.dist_l[g.trip.two_hop_kj], two))
-        sbf1 = self.mlp_sbf1(self.sbf(g.dist_l[g.trip.one_hop_j2i], one))
+        sbf2 = self.mlp_sbf2(self.sbf(g.dist_l, two, g.trip.two_hop_kj))
+        sbf1 = self.mlp_sbf1(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
         return sbf2, sbf1
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
@@ -409,7 +427,7 @@ class PAMNetS(_PAMNetBase):
 
     def _sbf(self, pos: Tensor, g: Graphs):
         _, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
-        return self.mlp_sbf(self.sbf(g.dist_l[g.trip.one_hop_j2i], one))
+        return self.mlp_sbf(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
         return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)

@@ -57,12 +57,12 @@ def _knn_rows(pos, batch, k, r=None, loop=False):
 def reference_graphs(cfg, pos: Tensor, batch: Tensor, bonds: Optional[Tensor]):
     """``(edge_index_g, edge_index_l)`` [2, E] (row 0 source, row 1 target), in no particular order."""
     if cfg.global_graph == "knn" and cfg.reference_compat:
-        q, nb = _knn_rows(pos, batch, cfg.knn_k, loop=True)  # authors: knn(pos, pos, k); j = query
+        q, nb = _knn_rows(pos, batch, cfg.knn_k, loop=True)  # authors: knn(pos, pos, k)
         e = torch.stack([q, nb])
         e = e[:, e[0] != e[1]]
         d = ref_ops.pair_distance(pos[e[1]], pos[e[0]])
-        eg = e[:, d <= cfg.cutoff_g]
-        el = e[:, d <= cfg.cutoff_l] if cfg.local_graph == "radius" else None
+        eg = e[:, d <= cfg.cutoff_g].flip(0)  # global, flow='target_to_source': neighbour -> query
+        el = e[:, d <= cfg.cutoff_l] if cfg.local_graph == "radius" else None  # local: query -> neighbour
     elif cfg.global_graph == "knn":
         i, j = _knn_rows(pos, batch, cfg.knn_k, r=cfg.cutoff_g)
         eg, el = torch.stack([j, i]), None

@@ -181,8 +181,9 @@ def check_streamable(model) -> None:
     cfg = model.config
     if cfg.reference_compat and cfg.global_graph == "knn":
         raise ValueError("streaming (max_memory) does not support reference_compat=True with "
-                         "global_graph='knn': the authors' transposed kNN plex is not local to a block "
-                         "of targets; use reference_compat=False or max_memory=None")
+                         "global_graph='knn' (the authors' kNN list, self counted among the k, from "
+                         "which the local plex is also cut, is built whole); use "
+                         "reference_compat=False or max_memory=None")
     if getattr(model, "dipole_head", None) is not None:
         raise ValueError("streaming (max_memory) does not support the dipole head (it needs every "
                          "global edge at once); use max_memory=None")

@@ -17,6 +17,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0      # linear warm-up
     decay_rate: float = 0.1         # lr *= decay_rate ** (step / (decay_epochs * steps_per_epoch))
     decay_epochs: float = 600.0
+    decay_staircase: bool = False   # step decay: lr *= decay_rate ** floor(epoch / decay_epochs)
     ema_decay: float = 0.999
     ema_warmup: bool = True
     grad_clip: Optional[float] = 1000.0

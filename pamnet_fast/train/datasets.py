@@ -27,7 +27,8 @@ class TaskData:
     ``target_index``: the column of ``data.y`` to learn (``None``: all columns). ``element_ref``: the
     samples carry atomic numbers ``z``, so the per-element linear baseline applies. ``loss``: the
     default loss (``"l1"`` or ``"mse"``; the CLI's ``--loss`` overrides it). ``full``: the whole dataset
-    (for ``predict`` rows that need more than the split, e.g. names).
+    (for ``predict`` rows that need more than the split, e.g. names). ``train_defaults``:
+    :class:`~pamnet_fast.train.TrainConfig` fields the CLI uses unless given (e.g. PDBbind's schedule).
     """
     train: Dataset
     val: Optional[Dataset]
@@ -40,6 +41,7 @@ class TaskData:
     meta: Dict = field(default_factory=dict)
     summary: str = ""
     full: Optional[Dataset] = None
+    train_defaults: Dict = field(default_factory=dict)  # the dataset's paper settings (lr, epochs, decay)
 
     def split(self, name: str) -> Dataset:
         if name not in ("train", "val", "test"):
@@ -139,3 +141,25 @@ def _register_builtin() -> None:
         return TaskData(tr, va, te, target_name=target, unit=TARGET_UNITS[target],
                         target_index=target_index(target), element_ref=True, loss="l1",
                         summary=ds.summary(), full=ds, meta={"target": target})
+
+    @register_dataset("pdbbind", targets=("affinity",))
+    def load_pdbbind(root=None, split_seed: int = 42, train_size: Optional[int] = None,
+                     val_size: Optional[int] = None, test_size: Optional[int] = None,
+                     limit: Optional[int] = None, cache_dir: Optional[str] = None, verbose: bool = True,
+                     cutoff: float = 6.0, ligand_flag: bool = False, **_) -> TaskData:
+        """PDBbind from the user's copy at ``root``: test = core set, refined minus core 9:1 (paper)."""
+        from ..data.pdbbind import PDBbind, PDBbindError
+        if root is None:
+            raise PDBbindError("dataset pdbbind needs --root PATH: your copy of PDBbind (it is licensed and "
+                               "not shipped), with <id>/<id>_pocket.pdb, <id>_ligand.mol2 and index/")
+        ds = PDBbind(root, cutoff=cutoff, ligand_flag=ligand_flag, cache_dir=cache_dir, limit=limit,
+                     verbose=verbose)
+        sp = ds.split(split_seed)
+        sp = {"train": _cut(sp["train"], train_size), "val": _cut(sp["val"], val_size),
+              "test": _cut(sp["test"], test_size)}
+        tr, va, te = subsets(ds, sp)
+        return TaskData(tr, va, te, target_name="affinity", unit="pK", element_ref=False, loss="mse",
+                        summary=ds.summary(), full=ds, meta={"target": "affinity", "root": str(ds.root),
+                                                             "cutoff": cutoff, "ligand_flag": ligand_flag},
+                        train_defaults={"lr": 5e-4, "epochs": 200, "warmup_epochs": 0.0, "decay_rate": 0.2,
+                                        "decay_epochs": 50.0, "decay_staircase": True})

@@ -80,11 +80,12 @@ def _register_builtin() -> None:
     def pamnet_entry(small: bool):
         def build(config: dict, dataset: str):
             from .. import nn as pnn
-            return (pnn.PAMNetS if small else pnn.PAMNet)(pnn.PAMNetConfig.from_dict(config))
+            model = (pnn.PAMNetS if small else pnn.PAMNet)(pnn.PAMNetConfig.from_dict(config))
+            return pnn.ProteinLigandHead(model) if dataset == "pdbbind" else model
 
         def default(dataset: str):
             from .. import nn as pnn
-            return config_to_dict(pnn.PAMNetConfig.qm9())
+            return config_to_dict(pnn.PAMNetConfig.pdbbind() if dataset == "pdbbind" else pnn.PAMNetConfig.qm9())
         return build, default
 
     for name, small in (("pamnet", False), ("pamnet-s", True)):
@@ -93,6 +94,8 @@ def _register_builtin() -> None:
     def baseline(kind: str):
         def build(config: dict, dataset: str):
             from .. import nn as pnn
+            if dataset == "pdbbind":
+                raise ValueError(f"model {kind} does not take protein-ligand complexes; use pamnet or pamnet-s")
             cls, cfg = {"schnet": (pnn.SchNetBaseline, pnn.SchNetConfig),
                         "dimenet++": (pnn.DimeNetPlusPlusBaseline, pnn.DimeNetPlusPlusConfig)}[kind]
             return cls(dataclass_from_dict(cfg, config))

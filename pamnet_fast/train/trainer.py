@@ -238,8 +238,9 @@ class Trainer:
         warm = max(1, int(round(cfg.warmup_epochs * spe)))
         decay_steps = max(1e-9, cfg.decay_epochs * spe)
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        stair = math.floor if cfg.decay_staircase else (lambda v: v)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) * cfg.decay_rate ** (s / decay_steps))
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) * cfg.decay_rate ** stair(s / decay_steps))
         self.ema = EMA(self.module, cfg.ema_decay, cfg.ema_warmup)
         self.epoch = self.step = self.batch_in_epoch = 0
         self.accum = {"loss": 0.0, "abs": 0.0, "n": 0.0, "seconds": 0.0}
