@@ -139,3 +139,6 @@ def _register_builtin() -> None:
         return TaskData(tr, va, te, target_name=target, unit=TARGET_UNITS[target],
                         target_index=target_index(target), element_ref=True, loss="l1",
                         summary=ds.summary(), full=ds, meta={"target": target})
+
+    from .physchem_tasks import register_datasets as register_physchem_datasets
+    register_physchem_datasets()
