@@ -117,5 +117,7 @@ def moleculenet_dataset(name: str, root, cache_dir=None, limit: Optional[int] = 
         return tensors, graphs_meta(smiles, kept, dropped, str(path), names, time.perf_counter() - t0,
                                     {"unit": SPECS[name][4]})
 
-    return MolGraphDataset(cache / f"{name}_{tag}.pt", key, build, force_rebuild=force_rebuild,
-                           verbose=verbose, name=name)
+    ds = MolGraphDataset(cache / f"{name}_{tag}.pt", key, build, force_rebuild=force_rebuild,
+                         verbose=verbose, name=name)
+    ds.target_names = [name]
+    return ds

@@ -101,6 +101,7 @@ class MolGraphDataset(torch.utils.data.Dataset):
         self._t = t
         self.smiles: List[str] = list(self.meta["smiles"])
         self.names: Optional[List[str]] = self.meta.get("names")
+        self.target_names: Optional[List[str]] = None  # names of the columns of y, where known
 
     def __len__(self) -> int:
         return int(self._t["atom_ptr"].numel() - 1)
@@ -191,5 +192,8 @@ def qm9_graphs(cache_dir=None, limit: Optional[int] = None, seed: int = 0, verbo
                            {"qm9_index": [qm9_index[k] for k in kept]})
         return tensors, meta
 
-    return MolGraphDataset(root / f"qm9_{tag}.pt", key, build, force_rebuild=force_rebuild,
-                           verbose=verbose, name="QM9 (PhysChem graphs)")
+    from .qm9 import TARGETS
+    ds = MolGraphDataset(root / f"qm9_{tag}.pt", key, build, force_rebuild=force_rebuild,
+                         verbose=verbose, name="QM9 (PhysChem graphs)")
+    ds.target_names = list(TARGETS)
+    return ds
