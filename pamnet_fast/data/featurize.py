@@ -86,7 +86,8 @@ def mol_from_smiles(smiles: str):
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
-    Chem.AssignStereochemistry(mol, cleanIt=True, force=True)
+    # flagPossibleStereoCenters sets _ChiralityPossible (feature 33) on every potential stereo centre
+    Chem.AssignStereochemistry(mol, cleanIt=True, force=True, flagPossibleStereoCenters=True)
     return mol
 
 

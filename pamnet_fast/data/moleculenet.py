@@ -40,7 +40,7 @@ SPECS: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[str, ...], Option
     "freesolv": (("freesolv.csv", "SAMPL.csv"), ("smiles",), ("expt",), "iupac", "kcal/mol"),
     "lipop": (("lipophilicity.csv", "Lipophilicity.csv"), ("smiles",), ("exp",), "CMPD_CHEMBLID", "logD"),
 }
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def find_file(name: str, root) -> Path:
@@ -110,8 +110,9 @@ def moleculenet_dataset(name: str, root, cache_dir=None, limit: Optional[int] = 
                 bar = tqdm(total=len(smiles), desc=name, unit="mol", leave=False)
             except ImportError:  # pragma: no cover
                 bar = None
-        tensors, kept, dropped = build_graphs(((s, y, None) for s, y in zip(smiles, ys)), seed=seed,
-                                              progress=bar.update if bar is not None else None)
+        tensors, kept, dropped = build_graphs([(s, y, None) for s, y in zip(smiles, ys)], seed=seed,
+                                              progress=bar.update if bar is not None else None,
+                                              conformer_cache=cache / f"{name}_{tag}_etkdg{seed}.pt")
         if bar is not None:
             bar.close()
         return tensors, graphs_meta(smiles, kept, dropped, str(path), names, time.perf_counter() - t0,

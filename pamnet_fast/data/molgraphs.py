@@ -32,27 +32,66 @@ def directed_edges(bonds: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return e[:, order], bid[order]
 
 
-def build_graphs(records: Iterable[Tuple[str, np.ndarray, Optional[np.ndarray]]], seed: int = 0,
-                 progress: Optional[Callable[[int], None]] = None):
+def etkdg_conformers(smiles: Sequence[str], seed: int = 0, path=None, verbose: bool = True,
+                     progress: Optional[Callable[[int], None]] = None) -> List[Optional[np.ndarray]]:
+    """One ETKDG conformer per SMILES (``None`` where RDKit cannot parse or embed it); cached at
+    ``path`` (atomic write) under a key of the SMILES list, the seed and the RDKit version, apart from
+    the features so that a feature change does not re-embed (Lipophilicity: ~10 min on one core)."""
+    import hashlib
+    from rdkit import RDLogger, rdBase
+    RDLogger.DisableLog("rdApp.*")
+
+    def embed():
+        out = []
+        for s in smiles:
+            if progress is not None:
+                progress(1)
+            try:
+                out.append(etkdg_conformer(s, seed))
+            except ValueError:
+                out.append(None)
+        return out
+
+    if path is None:
+        return embed()
+
+    def build():
+        confs = embed()
+        ok = torch.tensor([c is not None for c in confs])
+        n = torch.tensor([0 if c is None else c.shape[0] for c in confs], dtype=torch.long)
+        pos = torch.from_numpy(np.concatenate([c for c in confs if c is not None], 0)) if ok.any() \
+            else torch.zeros(0, 3)
+        return {"ok": ok, "n": n, "pos": pos}, {}
+
+    key = {"smiles_sha256": hashlib.sha256("\n".join(smiles).encode()).hexdigest(), "seed": seed,
+           "rdkit": rdBase.rdkitVersion, "method": "ETKDGv3+H, random-coords retry"}
+    t = load_or_build(path, key, build, verbose=verbose)["tensors"]
+    ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.where(t["ok"], t["n"], 0).cumsum(0)])
+    return [t["pos"][int(ptr[k]):int(ptr[k + 1])].numpy() if bool(t["ok"][k]) else None
+            for k in range(len(smiles))]
+
+
+def build_graphs(records: Sequence[Tuple[str, np.ndarray, Optional[np.ndarray]]], seed: int = 0,
+                 progress: Optional[Callable[[int], None]] = None, conformer_cache=None):
     """Featurize ``(smiles, y [k], pos [n, 3] in SMILES heavy-atom order or None)`` records.
 
     Returns ``(tensors, kept, dropped)``: concatenated tensors for :class:`MolGraphDataset`, the
     positions of the kept records and ``{reason: count}`` of the dropped ones (unparsable SMILES,
-    failed ETKDG embedding).
+    failed ETKDG embedding). ``conformer_cache``: file for :func:`etkdg_conformers`.
     """
     from rdkit import RDLogger
     RDLogger.DisableLog("rdApp.*")
+    records = list(records)
+    confs = etkdg_conformers([r[0] for r in records], seed, conformer_cache, progress=progress)
     xs, eis, eas, ms, zs, poss, rps, ys, kept, rks = [], [], [], [], [], [], [], [], [], []
     dropped = {}
     for k, (smi, y, pos) in enumerate(records):
-        if progress is not None:
-            progress(1)
         try:
             g = featurize_mol(mol_from_smiles(smi))
         except ValueError:
             dropped["unparsable_smiles"] = dropped.get("unparsable_smiles", 0) + 1
             continue
-        rp = etkdg_conformer(smi, seed)
+        rp = confs[k]
         if rp is None:
             dropped["etkdg_failed"] = dropped.get("etkdg_failed", 0) + 1
             continue
@@ -168,7 +207,7 @@ def qm9_graphs(cache_dir=None, limit: Optional[int] = None, seed: int = 0, verbo
     base = QM9(cache_dir, limit=limit, verbose=verbose)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir("physchem")
     tag = "full" if limit is None else f"limit{int(limit)}"
-    key = {"format_version": 2, "dataset": "qm9", "qm9_cache": str(base.path), "qm9_n": len(base),
+    key = {"format_version": 3, "dataset": "qm9", "qm9_cache": str(base.path), "qm9_n": len(base),
            "qm9_checksum": base.meta.get("checksum"), "etkdg_seed": seed, "features": "physchem-34-10"}
 
     def build():
@@ -185,7 +224,8 @@ def qm9_graphs(cache_dir=None, limit: Optional[int] = None, seed: int = 0, verbo
             qm9_index.append(i)
         if verbose:
             log.warning("featurizing %d QM9 molecules and embedding ETKDG conformers (once)", len(records))
-        tensors, kept, dropped = build_graphs(records, seed=seed)
+        tensors, kept, dropped = build_graphs(records, seed=seed,
+                                              conformer_cache=root / f"qm9_{tag}_etkdg{seed}.pt")
         if mismatch:
             dropped["smiles_graph_mismatch"] = mismatch
         meta = graphs_meta(smiles, kept, dropped, str(base.path), None, time.perf_counter() - t0,

@@ -54,8 +54,9 @@ class ChemNetLayer(nn.Module):
     """One message-passing hop: ``(hv [N, hv_dim], he [E, he_dim], x [N, 3] | None) -> (hv, he)``."""
 
     def __init__(self, hv_dim: int, he_dim: int, mv_dim: int, me_dim: int, num_rbf: int = 16,
-                 rbf_max: float = 8.0, num_angle: int = 8, dropout: float = 0.0):
+                 rbf_max: float = 8.0, num_angle: int = 8, dropout: float = 0.0, update_bonds: bool = True):
         super().__init__()
+        self.update_bonds = update_bonds  # False for the model's very last layer: nothing reads its bonds
         self.rbf = GaussianExpansion(0.0, rbf_max, num_rbf)
         self.angle = GaussianExpansion(-1.0, 1.0, num_angle)
         self.edge_term = nn.Linear(2 * hv_dim + he_dim + num_rbf, mv_dim)
@@ -63,16 +64,17 @@ class ChemNetLayer(nn.Module):
         self.angle_term = nn.Linear(num_angle, mv_dim, bias=False)
         self.align = nn.Linear(hv_dim + mv_dim, 1)
         self.attend = nn.Linear(mv_dim, mv_dim)
-        self.bond_msg = nn.Linear(mv_dim, me_dim)
         self.gru_v = nn.GRUCell(mv_dim, hv_dim)
-        self.gru_e = nn.GRUCell(me_dim, he_dim)
+        if update_bonds:
+            self.bond_msg = nn.Linear(mv_dim, me_dim)
+            self.gru_e = nn.GRUCell(me_dim, he_dim)
         self.dropout = nn.Dropout(dropout)
         self.reset_parameters()
 
     def reset_parameters(self):
-        for m in (self.edge_term, self.partner_term, self.angle_term, self.align, self.attend,
-                  self.bond_msg, self.gru_v, self.gru_e):
-            m.reset_parameters()
+        for m in self.children():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
 
     def geometry(self, x: Optional[Tensor], g: MolBatch):
         """``(phi(d) [E, num_rbf], psi(cos theta) [T, num_angle])`` of the bonds and triplets."""
@@ -104,16 +106,20 @@ class ChemNetLayer(nn.Module):
         alpha = segment_softmax(score, g.dst, hv.shape[0])
         v = self.attend(m)
         mu_v = F.elu(ops.segment_gather_mul(v, g.rev, alpha[:, None].expand(-1, v.shape[1]).contiguous(), g.ptr))
+        hv = F.leaky_relu(self.gru_v(mu_v, hv))
+        if not self.update_bonds:
+            return hv, he
         mu_e = F.leaky_relu(self.bond_msg(m + m_in))
-        return F.leaky_relu(self.gru_v(mu_v, hv)), F.leaky_relu(self.gru_e(mu_e, he))
+        return hv, F.leaky_relu(self.gru_e(mu_e, he))
 
 
 class ChemNet(nn.Module):
     """``hops`` :class:`ChemNetLayer` s applied in sequence (one ChemNet block)."""
 
-    def __init__(self, hops: int, **kw):
+    def __init__(self, hops: int, last_updates_bonds: bool = True, **kw):
         super().__init__()
-        self.layers = nn.ModuleList([ChemNetLayer(**kw) for _ in range(hops)])
+        self.layers = nn.ModuleList([ChemNetLayer(**kw, update_bonds=(k < hops - 1 or last_updates_bonds))
+                                     for k in range(hops)])
 
     def reset_parameters(self):
         for layer in self.layers:

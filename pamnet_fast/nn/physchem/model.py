@@ -17,7 +17,8 @@ Input: a PyG batch of :mod:`pamnet_fast.data.molgraphs` items (``x``, ``edge_att
 ``mass``, ``rank``, ``batch``, and ``pos`` / ``rdkit_pos`` as the mode needs). Output: ``[G, out_dim]``.
 
 Departures from the authors' code, on purpose: the initializer's LSTM walks atoms in canonical rank
-order (atom-order invariance); the conformation list of the loss includes the initial one.
+order (atom-order invariance); the conformation list of the loss includes the initial one; the last
+ChemNet layer does not update bond states (nothing reads them; the authors compute and drop them).
 """
 from __future__ import annotations
 
@@ -55,9 +56,9 @@ class PhysChem(nn.Module):
                                    c.pair_forces, c.pair_cutoff)
         if c.mode != "physnet":
             self.chemnet = nn.ModuleList([
-                ChemNet(c.hops, hv_dim=c.hv_dim, he_dim=c.he_dim, mv_dim=c.mv_dim, me_dim=c.me_dim,
+                ChemNet(c.hops, last_updates_bonds=b < c.num_blocks - 1, hv_dim=c.hv_dim, he_dim=c.he_dim, mv_dim=c.mv_dim, me_dim=c.me_dim,
                         num_rbf=c.num_rbf, rbf_max=c.rbf_max, num_angle=c.num_angle, dropout=c.dropout)
-                for _ in range(c.num_blocks)])
+                for b in range(c.num_blocks)])
         from .readout import Readout
         self.readout = Readout(c.hv_dim * c.num_blocks, c.hm_dim, c.mm_dim, c.out_dim, c.readout_iterations,
                                c.dropout)

@@ -152,8 +152,11 @@ class DensePhysChem:
         score = layer.align(torch.cat([T @ hv, m_in], 1))[:, 0]              # [E]
         alpha = _dense_softmax(T.t() * score[None], T.t() > 0)              # [N, E]
         mu_v = F.elu(alpha @ layer.attend(m_in))
+        hv = F.leaky_relu(layer.gru_v(mu_v, hv))
+        if not layer.update_bonds:
+            return hv, he
         mu_e = F.leaky_relu(layer.bond_msg(mmsg + m_in))
-        return F.leaky_relu(layer.gru_v(mu_v, hv)), F.leaky_relu(layer.gru_e(mu_e, he))
+        return hv, F.leaky_relu(layer.gru_e(mu_e, he))
 
     # ------------------------------------------------------------------ readout
     @staticmethod
