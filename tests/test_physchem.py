@@ -305,3 +305,39 @@ def test_single_atom_and_float32():
     out = m(b)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert all(torch.isfinite(c).all() for c in m.conformations)
+
+
+def test_dense_conn_loss_matches():
+    from pamnet_fast.nn.physchem import hierarchical_conn_loss
+    from pamnet_fast.nn.physchem.reference import dense_conn_loss
+    b = Batch.from_data_list(graphs())
+    g = torch.Generator().manual_seed(7)
+    xs = [b.pos + 0.3 * torch.randn(b.pos.shape, dtype=torch.float64, generator=g) for _ in range(3)]
+    pairs = conn_pairs(b.edge_index, b.batch, b.num_graphs, 3)
+    want = dense_conn_loss(xs, b.pos, b.edge_index, b.batch)
+    assert float(hierarchical_conn_loss(xs, b.pos, pairs)) == pytest.approx(float(want), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_cli_train_and_predict_write_conformations(shared_data, tmp_path):
+    """``pamnet-fast train --model physchem --dataset esol`` then ``predict``: properties, SDF, PNG."""
+    import json
+    from pamnet_fast.cli import main
+    out = tmp_path / "run"
+    small = json.dumps({**SMALL, "num_blocks": 1, "steps": 2})
+    args = ["--root", str(shared_data / "moleculenet"), "--cache-dir", str(tmp_path / "cache"), "--limit", "40"]
+    assert main(["train", "--model", "physchem", "--dataset", "esol", *args, "--epochs", "1", "--batch-size", "8",
+                 "--model-config", small, "--out", str(out), "--quiet", "--num-threads", "1"]) == 0
+    for f in ("model.pt", "test_predictions.csv", "test_conformations.sdf", "test_conformations.png",
+              "test_conformations_summary.json"):
+        assert (out / f).exists(), f
+    assert main(["predict", str(out), "--split", "val", "--cache-dir", str(tmp_path / "cache"), "--limit", "40",
+                 "--quiet"]) == 0
+    from rdkit import Chem
+    mols = [m for m in Chem.SDMolSupplier(str(out / "val_conformations.sdf"))]
+    assert len(mols) == 4 and all(m is not None and m.GetNumConformers() == 1 for m in mols)
+    summary = json.loads((out / "val_conformations_summary.json").read_text())
+    assert summary["molecules"] == 4 and summary["dl_rs"] > 0 and "esol" in summary["mae"]
+    with pytest.raises(ValueError, match="qm9-physchem"):
+        main(["train", "--model", "physchem", "--dataset", "qm9", "--limit", "50", "--epochs", "1",
+              "--out", str(tmp_path / "bad"), "--quiet"])

@@ -43,17 +43,17 @@ def _dense_slots(batch: Tensor, num_graphs: int):
 def conn_pairs(edge_index: Tensor, batch: Tensor, num_graphs: int, k: int = 3) -> ConnPairs:
     """The Conn-k pair list of a batch (bonds ``edge_index``, both directions)."""
     counts, starts, slot, n = _dense_slots(batch, num_graphs)
-    adj = torch.zeros(num_graphs, n, n, device=batch.device)
+    adj = torch.zeros(num_graphs, n, n, dtype=torch.float64, device=batch.device)
     src, dst = edge_index[0].long(), edge_index[1].long()
     adj[batch[dst], slot[dst], slot[src]] = 1.0
     valid = torch.arange(n, device=batch.device)[None] < counts[:, None]              # [G, n]
-    adj = adj + torch.diag_embed(valid.float())
+    adj = adj + torch.diag_embed(valid.double())
     reach = adj
     for _ in range(k - 1):
         reach = (reach @ adj).clamp(max=1.0)
     deg = reach.sum(2).clamp(min=1.0)
     norm = reach / (deg[:, :, None].sqrt() * deg[:, None, :].sqrt())
-    g, a, b = torch.nonzero(reach * (1 - torch.eye(n, device=batch.device)), as_tuple=True)
+    g, a, b = torch.nonzero(reach * (1 - torch.eye(n, dtype=torch.float64, device=batch.device)), as_tuple=True)
     return ConnPairs(starts[g] + a, starts[g] + b, norm[g, a, b] / max(1, batch.numel()))
 
 
@@ -61,7 +61,7 @@ def conn_loss(x: Tensor, y: Tensor, pairs: ConnPairs) -> Tensor:
     """Conn-k loss of one conformation ``x [N, 3]`` against ``y [N, 3]``."""
     dx = (x[pairs.i] - x[pairs.j]).norm(dim=-1)
     dy = (y[pairs.i] - y[pairs.j]).norm(dim=-1)
-    return (pairs.w * (dx - dy) ** 2).sum()
+    return (pairs.w.to(dx.dtype) * (dx - dy) ** 2).sum()
 
 
 def step_weights(num: int, base: float = 1.6) -> List[float]:

@@ -169,3 +169,20 @@ class DensePhysChem:
             mu = F.elu(beta @ F.leaky_relu(attend(hv)))
             hm = F.leaky_relu(gru(mu, hm))
         return ro.head(hm)
+
+
+def dense_conn_loss(conformations, target: Tensor, edge_index: Tensor, batch: Tensor, k: int = 3,
+                    base: float = 1.6) -> Tensor:
+    """The authors' ``hierarchical_adj3_loss``: batch-global ``[N, N]`` adjacency powers and distance
+    matrices (equal to :func:`~pamnet_fast.nn.physchem.losses.hierarchical_conn_loss`)."""
+    from .losses import step_weights
+    n = target.shape[0]
+    adj = torch.eye(n, dtype=target.dtype)
+    adj[edge_index[1], edge_index[0]] = 1.0
+    reach = torch.linalg.matrix_power(adj, k)
+    c = (reach > 0).to(target.dtype) * (batch[:, None] == batch[None]).to(target.dtype)
+    deg = c.sum(1)
+    c = c / (deg[:, None].sqrt() * deg[None].sqrt())
+    dt = torch.cdist(target, target)
+    return sum(w * (((torch.cdist(x, x) - dt) ** 2) * c).sum() / n
+               for w, x in zip(step_weights(len(conformations), base), conformations))
