@@ -293,6 +293,8 @@ def cmd_train(args) -> int:
     trainer = Trainer(model, task.train, task.val, task.test, cfg, out_dir=out, model_name=args.model,
                       time_origin=t_ready, meta=task.meta)
     res = trainer.fit(resume=args.resume)
+    if info.rank == 0 and hasattr(model, "predict_conformations") and task.test is not None:
+        _write_physchem_outputs(out, out, task, "test", device, trainer.cfg.eval_batch_size)
     if info.rank == 0:
         u = task.unit
         base = res.get("test_mae_element_baseline")
@@ -305,6 +307,17 @@ def cmd_train(args) -> int:
               f"{res['best_val_mae']:.4g} {u} (epoch {res['best_epoch']}) | {res['steps']} steps, "
               f"stopped by {res['stop_reason']} after {time.time() - t_origin:.0f} s | outputs in {out}/")
     return 0
+
+
+def _write_physchem_outputs(checkpoint, out_dir, task, split: str, device: str, batch_size: int) -> None:
+    """PhysChem: the learned conformations (SDF), their errors (CSV, PNG) of the split's molecules."""
+    from .train.physchem_tasks import write_physchem_outputs
+    model, st, _ = load_trained(str(checkpoint), device)
+    if not getattr(model, "learned", False):  # the ChemNet-only modes learn no conformation
+        return
+    rows = _infer(model, task.split(split), st, device, batch_size)
+    print(write_physchem_outputs(model, task.split(split), task.full, rows,
+                                 Path(out_dir) / f"{split}_conformations", device, batch_size))
 
 
 def cmd_evaluate(args) -> int:
@@ -407,6 +420,8 @@ def cmd_predict(args) -> int:
             for (i, y, p) in rows:
                 cols = list(info(i).values()) if extra else []
                 w.writerow([i] + cols + [repr(y[0]), repr(p[0]), repr(abs(y[0] - p[0]))])
+        if hasattr(model, "predict_conformations"):
+            _write_physchem_outputs(f, Path(outp).parent, task, args.split, device, args.batch_size)
     print(f"wrote {len(rows)} predictions to {outp}")
     return 0
 

@@ -163,3 +163,5 @@ def _register_builtin() -> None:
                                                              "cutoff": cutoff, "ligand_flag": ligand_flag},
                         train_defaults={"lr": 5e-4, "epochs": 200, "warmup_epochs": 0.0, "decay_rate": 0.2,
                                         "decay_epochs": 50.0, "decay_staircase": True})
+    from .physchem_tasks import register_datasets as register_physchem_datasets
+    register_physchem_datasets()

@@ -118,3 +118,6 @@ def _register_builtin() -> None:
         return config_to_dict(TinyConfig())
 
     register_model("tiny", tiny_build, tiny_default, public=False)
+
+    from .physchem_tasks import register_models as register_physchem_models
+    register_physchem_models(register_model)

@@ -106,6 +106,11 @@ class Trainer:
             return torch.nn.functional.mse_loss(pred, target)
         raise ValueError(f"unknown loss {self.cfg.loss!r}; valid: l1, mse")
 
+    def _auxiliary_loss(self):
+        """A model's extra training loss: ``model.auxiliary_loss()`` after its forward, if it has one."""
+        fn = getattr(self.module, "auxiliary_loss", None)
+        return fn() if callable(fn) else None
+
     def _progress_enabled(self) -> bool:
         if self.cfg.quiet or not self.info.is_main:
             return False
@@ -293,6 +298,10 @@ class Trainer:
                     raise ValueError(f"model output shape {tuple(pred.shape)} does not match the "
                                      f"target shape {tuple(yn.shape)}")
                 loss = self._loss(pred, yn)
+                aux = self._auxiliary_loss()
+                if aux is not None:  # e.g. PhysChem's lambda * conformation loss
+                    loss = loss + aux
+                    self.accum["aux"] = self.accum.get("aux", 0.0) + float(aux.detach()) * y.numel()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -344,6 +353,9 @@ class Trainer:
                    "val_mae": val["mae"], "lr": self.optimizer.param_groups[0]["lr"],
                    "epoch_time": self.accum["seconds"], "val_time": val.get("seconds", 0.0),
                    "elapsed": time.time() - self._t_origin}
+            if "aux" in self.accum and tr[2]:
+                row["train_aux_loss"] = self.accum["aux"] / float(tr[2]) if info.world_size == 1 else \
+                    float(D.all_reduce_sum(torch.tensor([self.accum["aux"]], dtype=torch.float64), info)[0] / tr[2])
             if partial:
                 row["partial"] = True
             improved = val["n"] > 0 and val["mae"] < self.best["val_mae"]
