@@ -84,7 +84,7 @@ def _register_builtin() -> None:
 
         def default(dataset: str):
             from .. import nn as pnn
-            return config_to_dict(pnn.PAMNetConfig.qm9())
+            return config_to_dict(pnn.PAMNetConfig.rna() if dataset == "rna_decoys" else pnn.PAMNetConfig.qm9())
         return build, default
 
     for name, small in (("pamnet", False), ("pamnet-s", True)):
