@@ -60,6 +60,8 @@ def main(argv=None) -> int:
     ap.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR")
     ap.add_argument("--out", default="results/rna_scoring")
     ap.add_argument("--split-seed", type=int, default=42)
+    ap.add_argument("--features-cache", default=None, help="npz of the baseline's histogram features")
+    ap.add_argument("--baselines-only", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -76,11 +78,19 @@ def main(argv=None) -> int:
 
     # distance-only baselines
     t0 = time.time()
-    feats = {k: np.stack([distance_histogram(ds[i].pos, ds[i].z) for i in v]) for k, v in idx.items()}
+    cache = Path(args.features_cache) if args.features_cache else None
+    if cache is not None and cache.exists():
+        feats = dict(np.load(cache))
+    else:
+        feats = {k: np.stack([distance_histogram(ds[i].pos, ds[i].z) for i in v]) for k, v in idx.items()}
+        if cache is not None:
+            np.savez(cache, **feats)
     ridge, ridge_info = fit_histogram_baseline(feats["train"], y["train"], feats["val"], y["val"])
     scores["distance_histogram_ridge"] = ridge.predict(feats["test"])
     scores["contact_count"] = np.array([contact_score(ds[i].pos) for i in idx["test"]])
     print(f"baselines in {time.time() - t0:.0f} s (ridge alpha {ridge_info['alpha']})", flush=True)
+    if args.baselines_only:
+        return 0
 
     models = {}
     for name, run in runs.items():
