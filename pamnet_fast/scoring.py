@@ -1,9 +1,9 @@
 """``pamnet-fast score``: predicted RMSD to the native of RNA 3D models (PDB/mmCIF, plain or gzipped).
 
 The score is the output of an RMSD-trained checkpoint (``pamnet-fast train --dataset rna_decoys``) on
-the RNA residues' C/N/O atoms (the paper's setting); lower = closer to native. Without
-``--checkpoint`` the scorer shipped with the package is used (:data:`DEFAULT_SCORER`: the RNA preset,
-dim 16, trained on the synthetic decoys of :mod:`pamnet_fast.data.rna_decoys`; see README).
+the RNA residues' C/N/O atoms (the paper's setting); lower = closer to native. ``--checkpoint`` is
+required: no trained scorer is shipped (the ones trained here so far do not beat simple baselines;
+see results/rna_scoring/README.md).
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-DEFAULT_SCORER = Path(__file__).resolve().parent / "weights" / "rna_scorer_dim16.pt"
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 
 
@@ -47,8 +46,8 @@ def add_score_parser(sub, common) -> None:
     s.add_argument("inputs", nargs="+", metavar="FILE", help="PDB/mmCIF files (plain or .gz) or directories")
     s.add_argument("--chain", action="append", default=None, metavar="C",
                    help="score only this chain (repeat for several; default: every RNA chain, together)")
-    s.add_argument("--checkpoint", default=None,
-                   help="an RMSD-trained run dir / model.pt (default: the scorer shipped with the package)")
+    s.add_argument("--checkpoint", required=True,
+                   help="run dir or model.pt of a model trained on RMSD (pamnet-fast train --dataset rna_decoys)")
     s.add_argument("--output", "-o", default="scores.csv", help="CSV path (default scores.csv)")
     s.add_argument("--keep-phosphorus", action="store_true",
                    help="include P atoms (only for a checkpoint trained with them)")
@@ -87,18 +86,16 @@ def cmd_score(args) -> int:
     from .data.structures import read_rna_structure
     _setup(args)
     device = _device(args.device)
-    ckpt = args.checkpoint or DEFAULT_SCORER
-    if args.checkpoint is None and not DEFAULT_SCORER.exists():
-        raise SystemExit(f"score: the shipped scorer {DEFAULT_SCORER} is missing; pass --checkpoint")
+    ckpt = args.checkpoint
     try:
         files = expand_inputs(args.inputs)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, st, f = load_trained(str(ckpt), device)
-    if (st.get("meta") or {}).get("target") not in (None, "rmsd") and st.get("train_config", {}).get(
-            "target_name") != "rmsd":
-        print(f"warning: {f} was not trained on RMSD (target {st['train_config'].get('target_name')!r})",
+    target = (st.get("train_config") or {}).get("target_name")
+    if target != "rmsd":
+        print(f"warning: {f} was trained on {target!r}, not on RMSD; its outputs are not RMSD scores",
               file=sys.stderr)
     rows, failed = [], []
     iterator = files
