@@ -1,4 +1,4 @@
-"""``pamnet-fast`` command line: train | evaluate | predict | data.
+"""``pamnet-fast`` command line: train | evaluate | predict | data | score.
 
 ``pamnet-fast train`` with no arguments trains PAMNet on QM9 U0 within a 10-minute training budget
 (counted from when the data is loaded and the model built; processing QM9 the first time adds about
@@ -75,7 +75,7 @@ def _device(s: str) -> str:
 # ---------------------------------------------------------------------- parser
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pamnet-fast", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,data}")
+    sub = p.add_subparsers(dest="command", metavar="{train,evaluate,predict,data,score}")
 
     def common(sp):
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -102,7 +102,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--root", default=None, help="dataset location, for datasets the user provides")
     t.add_argument("--target", default=None, metavar="TARGET",
                    help="target of the dataset (QM9: one of " + ", ".join(_qm9_targets()) + "; default U0)")
-    t.add_argument("--loss", choices=("l1", "mse"), default=None, help="default: the dataset's (QM9: l1)")
+    t.add_argument("--loss", choices=("l1", "mse", "smooth_l1"), default=None, help="default: the dataset's (QM9: l1)")
     t.add_argument("--max-time", type=parse_duration, default=None,
                    help="time budget (e.g. 600, 10m, 2h) counted from when the data and model are ready "
                         "(a first-time QM9 processing is extra); training stops cleanly, evaluates the EMA "
@@ -152,6 +152,9 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("--rebuild", action="store_true")
     d.add_argument("--num-workers", type=int, default=None)
     common(d)
+
+    from .scoring import add_score_parser
+    add_score_parser(sub, common)
     return p
 
 
@@ -452,6 +455,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .data.complexes import ComplexError
     from .data.pdbbind import PDBbindError
     try:
+        if args.command == "score":
+            from .scoring import cmd_score
+            return cmd_score(args)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "data": cmd_data}[args.command](args)
     except (ComplexError, PDBbindError) as e:  # bad input files: the message says what and where

@@ -13,7 +13,9 @@ if not _has_cuda:
 
 import pytest  # noqa: E402
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+# ../shared/data from the repository root; PAMNET_FAST_DATA overrides it (e.g. for a git worktree elsewhere)
+DATA = pathlib.Path(os.environ.get("PAMNET_FAST_DATA") or
+                    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

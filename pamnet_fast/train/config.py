@@ -21,7 +21,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: bool = True
     grad_clip: Optional[float] = 1000.0
-    loss: str = "l1"                # "l1" | "mse"
+    loss: str = "l1"                # "l1" | "mse" | "smooth_l1"
     standardize: bool = True        # model predicts (y - baseline) / std of the residual (target_norm.py)
     element_ref: bool = True        # baseline = per-element linear fit on the training set (else the mean)
     patience: Optional[int] = 100   # early stopping on val MAE, in epochs (None: off)

@@ -165,3 +165,10 @@ def _register_builtin() -> None:
                                         "decay_epochs": 50.0, "decay_staircase": True})
     from .physchem_tasks import register_datasets as register_physchem_datasets
     register_physchem_datasets()
+
+    @register_dataset("rna_decoys")
+    def load_rna_decoys(root: Optional[str] = None, split_seed: int = 42, limit: Optional[int] = None,
+                        cache_dir: Optional[str] = None, verbose: bool = True, **_) -> TaskData:
+        """RMSD of synthetic decoys of the RNA-Puzzles natives (``root``: their TU files), leave-puzzles-out."""
+        from .rna_scoring import rna_decoy_task
+        return rna_decoy_task(root, split_seed=split_seed, limit=limit, cache_dir=cache_dir, verbose=verbose)

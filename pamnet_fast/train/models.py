@@ -85,7 +85,8 @@ def _register_builtin() -> None:
 
         def default(dataset: str):
             from .. import nn as pnn
-            return config_to_dict(pnn.PAMNetConfig.pdbbind() if dataset == "pdbbind" else pnn.PAMNetConfig.qm9())
+            presets = {"pdbbind": pnn.PAMNetConfig.pdbbind, "rna_decoys": pnn.PAMNetConfig.rna}
+            return config_to_dict(presets.get(dataset, pnn.PAMNetConfig.qm9)())
         return build, default
 
     for name, small in (("pamnet", False), ("pamnet-s", True)):

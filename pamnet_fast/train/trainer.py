@@ -104,7 +104,9 @@ class Trainer:
             return torch.nn.functional.l1_loss(pred, target)
         if self.cfg.loss == "mse":
             return torch.nn.functional.mse_loss(pred, target)
-        raise ValueError(f"unknown loss {self.cfg.loss!r}; valid: l1, mse")
+        if self.cfg.loss == "smooth_l1":
+            return torch.nn.functional.smooth_l1_loss(pred, target)
+        raise ValueError(f"unknown loss {self.cfg.loss!r}; valid: l1, mse, smooth_l1")
 
     def _auxiliary_loss(self):
         """A model's extra training loss: ``model.auxiliary_loss()`` after its forward, if it has one."""
