@@ -425,12 +425,18 @@ def case(mod, name, fp, types, constexprs, fusion=True):
     fn = getattr(mods[mod], name)
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    return f"{name}[{fp}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion}
-pair = dict(tgt_ptr=I, tile_start_ptr=I, tile_end_ptr=I, tile_cell_ptr=I, cand_ptr_ptr=I, cand_ptr=I,
-            count_ptr=I, offset_ptr=I, out_src_ptr=I)
+    tag = ",".join(f"{k}={v}" for k, v in constexprs.items() if k in ("FILL", "SORT", "SEG"))
+    warps = 8 if constexprs.get("SEG", 1) > 1024 else 4
+    return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
+scan = dict(key_ptr=I, order_ptr=I, graph_ptr=I, dims_ptr=I, base_ptr=I, cell_start_ptr=I, active_ptr="*i1",
+            ptr_ptr=I, count_ptr=I, out_src_ptr=I, out_dst_ptr=I, n="i64")
+scan_cx = dict(LOOP=False, HAS_ACTIVE=False, BLOCK_C=32)
 cases = [
-    case("neighbors", "_pair_kernel", "*fp32", pair, dict(LOOP=False, FILL=True, IS_F64=False, BLOCK_T=32, BLOCK_C=64), False),
-    case("neighbors", "_pair_kernel", "*fp64", pair, dict(LOOP=True, FILL=False, IS_F64=True, BLOCK_T=32, BLOCK_C=64), False),
+    case("neighbors", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", graph_ptr=I, dims_ptr=I, base_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
+    case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=False, SORT=False, WITH_DIST=False, IS_F64=False, BLOCK_T=32, SEG=1), False),
+    case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=64), False),
+    case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=1, SEG=2048, BLOCK_C=256), False),
+    case("neighbors", "_scan_kernel", "*fp64", scan, dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
     case("triplets", "_triplet_kernel", I, dict(num_edges="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
     case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32"), dict(HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
     case("segment", "_scale_rows_kernel", "*fp32", dict(src_ptr=I, seg_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
@@ -444,9 +450,11 @@ cases = [
 out = {}
 for name, src, opts in cases:
     try:
-        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
+        kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+        ptx = kernel.asm["ptx"]
         out[name] = {"ok": True, "fma": len(re.findall(r"\bfma\.", ptx)),
-                     "sqrt": sorted(set(re.findall(r"\bsqrt\.[\w.]+", ptx)))}
+                     "sqrt": sorted(set(re.findall(r"\bsqrt\.[\w.]+", ptx))),
+                     "regs": getattr(kernel, "n_regs", None), "spills": getattr(kernel, "n_spills", None)}
     except Exception as exc:
         out[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
 print("RESULT " + json.dumps(out))
@@ -475,6 +483,7 @@ def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
     result = json.loads(lines[-1][len("RESULT "):])
     failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
     assert not failed, failed
-    for name in ("_pair_kernel[*fp32]", "_pair_kernel[*fp64]"):
+    print({k: (v["regs"], v["spills"]) for k, v in result.items()})
+    for name in (k for k in result if k.startswith("_scan_kernel")):
         assert result[name]["fma"] == 0, result[name]
         assert result[name]["sqrt"] and all(".rn." in s for s in result[name]["sqrt"]), result[name]
