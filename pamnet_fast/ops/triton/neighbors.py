@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -62,9 +63,9 @@ from torch import Tensor
 from .. import validate
 from ._common import scalars
 
-BLOCK_T = 32     # targets per COUNT program (consecutive slots: neighbors in space)
+BLOCK_T = 16     # targets per COUNT program (consecutive slots: neighbors in space)
 BLOCK_C = 32     # candidates per distance tile of COUNT
-FILL_TILE = 1024  # elements of a FILL distance tile: rows * BLOCK_C
+FILL_TILE = 512  # elements of a FILL distance tile: rows * BLOCK_C (162 registers, no spills at 512)
 SORT_MAX = 4096  # longest list sorted in registers by FILL; longer ones use one global sort
 _CELL_MARGIN = 1.0 + 2.0 ** -10  # cell edge slightly above r: rounding never hides a neighbor cell
 _PAD = tl.constexpr(2 ** 62)  # sorts after every node index
@@ -129,13 +130,13 @@ def _scan_kernel(pos_ptr, key_ptr, order_ptr, graph_ptr, dims_ptr, base_ptr, cel
     ty = tl.load(pos_ptr + slot * 3 + 1, mask=tmask, other=0.0)
     tz = tl.load(pos_ptr + slot * 3 + 2, mask=tmask, other=0.0)
     r = tl.load(r_ptr)
-    count = tl.zeros([BLOCK_T], dtype=tl.int64)
+    count = tl.zeros([BLOCK_T], dtype=tl.int32)
     if FILL:
         at = tl.load(ptr_ptr + tgt, mask=tmask, other=0)
-    for ax in tl.static_range(3):
-        for ay in tl.static_range(3):
-            x = cx + (ax - 1)
-            y = cy + (ay - 1)
+    for q in range(9):  # the 9 rows of 3 cells along z (a loop, not unrolled: fewer registers)
+        if True:
+            x = cx + (q // 3 - 1)
+            y = cy + (q % 3 - 1)
             valid = tmask & (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
             row = base + (x * ny + y) * nz
             s = tl.load(cell_start_ptr + row + z0, mask=valid, other=0)
@@ -156,15 +157,15 @@ def _scan_kernel(pos_ptr, key_ptr, order_ptr, graph_ptr, dims_ptr, base_ptr, cel
                 hit = (dist <= r) & cmask
                 if not LOOP:
                     hit = hit & (cand != slot[:, None])
-                hit64 = hit.to(tl.int64)
+                hit32 = hit.to(tl.int32)
                 if FILL:
-                    out = at[:, None] + count[:, None] + tl.cumsum(hit64, axis=1) - 1
+                    out = at[:, None] + (count[:, None] + tl.cumsum(hit32, axis=1) - 1)
                     src = tl.load(order_ptr + cand, mask=hit, other=0)
                     tl.store(out_src_ptr + out, src, mask=hit)
                     tl.store(out_dst_ptr + out, tl.broadcast_to(tgt[:, None], [BLOCK_T, BLOCK_C]), mask=hit)
                     if WITH_DIST:
                         tl.store(out_dist_ptr + out, dist, mask=hit)
-                count += tl.sum(hit64, axis=1)
+                count += tl.sum(hit32, axis=1)
     if FILL:
         if SORT:
             # The lists were written by this program: after the barrier its threads see each
@@ -176,7 +177,7 @@ def _scan_kernel(pos_ptr, key_ptr, order_ptr, graph_ptr, dims_ptr, base_ptr, cel
             lst = tl.sort(lst, dim=1)
             tl.store(out_src_ptr + at[:, None] + k[None, :], lst, mask=lmask)
     else:
-        tl.store(count_ptr + tgt, count, mask=tmask)
+        tl.store(count_ptr + tgt, count.to(tl.int64), mask=tmask)
 
 
 class _Grid(NamedTuple):
@@ -257,7 +258,10 @@ def _scan(grid: _Grid, gr: _Graphs, r_t: Tensor, loop: bool, active: Optional[Te
 
 def _rounded(r: float, dtype) -> float:
     """``r`` rounded to ``dtype``, on the host (no read of the device copy)."""
-    return float(torch.tensor(r, dtype=dtype))
+    if dtype != torch.float32:
+        return float(r)
+    with np.errstate(over="ignore"):
+        return float(np.float32(r))
 
 
 def _csr(counts: Tensor) -> Tensor:
