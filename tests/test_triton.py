@@ -202,8 +202,8 @@ def _batch_systems(sizes, box, dtype, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_neighbor_search_batch_of_many_systems(dtype):
-    # 24 systems of 1..40 atoms in one launch sequence (grids per graph, keys never collide)
-    sizes = [1 + (7 * g) % 40 for g in range(24)]
+    # 12 systems of 1..33 atoms in one launch sequence (grids per graph, keys never collide)
+    sizes = [1 + (7 * g) % 40 for g in range(12)]
     pos, batch = _batch_systems(sizes, 3.0, dtype, 5)
     _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 1.2, batch.to(DEV), False, -1, False),
                   reference.radius_graph(pos, 1.2, batch))
@@ -211,12 +211,13 @@ def test_neighbor_search_batch_of_many_systems(dtype):
                   reference.knn_graph(pos, 4, batch))
 
 
+@pytest.mark.slow
 def test_radius_graph_sort_paths(monkeypatch):
     from pamnet_fast.ops.triton import neighbors as nb
-    pos = _random_pos(140, 3.0, torch.float32, 6)
+    pos = _random_pos(90, 3.0, torch.float32, 6)
     want = reference.radius_graph(pos, 2.5)
-    # long lists (SEG = 256: one target row per program), then the global-sort fallback
-    assert int((want[1][1:] - want[1][:-1]).max()) > 128
+    # long lists (SEG = 128: 4 target rows per program), then the global-sort fallback
+    assert int((want[1][1:] - want[1][:-1]).max()) > 64
     _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 2.5, None, False, -1, False), want)
     monkeypatch.setattr(nb, "SORT_MAX", 8)
     _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), 2.5, None, False, -1, False), want)
@@ -226,8 +227,8 @@ def test_radius_graph_sort_paths(monkeypatch):
 def test_neighbor_search_real_rna(shared_data):
     from pamnet_fast.data.structures import read_tu_structures
     s = read_tu_structures(str(shared_data / "rna_puzzles_native"))[0]
-    pos = s.pos[:400].to(torch.float32)
-    for r in (5.0, 12.0):
+    pos = s.pos[:200].to(torch.float32)
+    for r in (8.0,):
         _graphs_equal(KERNELS["radius_graph"](pos.to(DEV), r, None, False, -1, False),
                       reference.radius_graph(pos, r))
     _graphs_equal(KERNELS["knn_graph"](pos.to(DEV), 8, None, None, False), reference.knn_graph(pos, 8))
