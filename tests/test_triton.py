@@ -546,7 +546,7 @@ scan = dict(key_ptr=I, order_ptr=I, graph_ptr=I, dims_ptr=I, base_ptr=I, cell_st
 scan_cx = dict(LOOP=False, HAS_ACTIVE=False, BLOCK_C=32)
 cases = [
     case("neighbors", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", graph_ptr=I, dims_ptr=I, base_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
-    case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=False, SORT=False, WITH_DIST=False, IS_F64=False, BLOCK_T=32, SEG=1), False),
+    case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=False, SORT=False, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=1), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=64), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=1, SEG=2048, BLOCK_C=256), False),
     case("neighbors", "_scan_kernel", "*fp64", scan, dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
