@@ -189,8 +189,13 @@ def run_case(c, args, dev):
         brute = lambda: brute_knn(pos, c["k"])  # noqa: E731
     got, want = ours(), brute()
     row = {"case": c["case"], "atoms": n, "edges": int(want[0].size(1)), "exact": _equal(got, want)}
-    if not row["exact"]:
+    if not row["exact"]:  # how far off: edges only ours / only brute force, order or ptr wrong
         row["edges_ours"] = int(got[0].size(1))
+        k_got, k_want = got[0][1] * n + got[0][0], want[0][1] * n + want[0][0]
+        row["only_ours"] = int((~torch.isin(k_got, k_want)).sum())
+        row["only_brute"] = int((~torch.isin(k_want, k_got)).sum())
+        row["same_set"] = row["only_ours"] == row["only_brute"] == 0
+        row["ptr_equal"] = torch.equal(got[1], want[1])
     del got, want
     row["ours_ms"] = time_ms(ours, dev, c.get("repeats", args.repeats))
     row["brute_ms"] = time_ms(brute, dev, c.get("brute_repeats", 5))
