@@ -1,29 +1,44 @@
-"""Radius and k-nearest-neighbor graphs on the GPU: a cell list built with torch, Triton COUNT and FILL.
+"""Radius and k-nearest-neighbor graphs on the GPU: BIN, COUNT, one scan, FILL (with an in-tile sort).
 
-Design
-------
-* Cell list (torch, float64 host math on the device): nodes are keyed by (graph, cell) with cells of
-  edge ``h = r * (1 + 2^-10)`` relative to each graph's bounding-box corner, and sorted by key
-  (``torch.sort(stable=True)``). Cell keys are dense per dimension but the lookup is sparse
-  (``searchsorted`` on the sorted keys), so the grid is never allocated; each dimension is capped at
-  ``2^20`` cells (fewer with many graphs, so keys fit in int64) by enlarging ``h`` for huge coordinates.
-  For every non-empty cell, the 27 neighbor cells are 9 contiguous ranges of the sorted nodes (the
-  three cells along z are adjacent keys), found by ``searchsorted`` and flattened into one candidate
-  list per cell (CSR, about 27 N entries), so a tile runs a single loop over its candidates.
-* Tiles: the targets of one cell are cut into tiles of ``BLOCK_T`` nodes; one program per tile scans
-  its cell's candidate list in chunks of ``BLOCK_C``, a ``[BLOCK_T, BLOCK_C]`` distance tile at a time.
-  COUNT stores the neighbor count of each target (no atomics); an exclusive cumsum gives exact
-  offsets; FILL writes each target's neighbors at its offset (a row-wise cumsum of the hit mask
-  compacts them) with their distances. A final ``torch.sort`` of the int64 keys ``target * N + source``
-  (unique, so deterministic) gives the reference order: by target, then source.
-* ``max_num_neighbors``: the largest count raises the reference's ``ValueError``, or with
-  ``truncate=True`` keeps the nearest (ties: smaller index) by three stable sorts.
-* kNN: an expanding radius. Each round builds the cell list for radius ``R`` and counts the
-  candidates of the targets still open; a target is done when it has at least
-  ``min(k, graph size - self)`` candidates within ``R`` (then its k nearest, ties by index, are among
-  them: exact), or when ``R`` reached ``r``. Done targets are filled and their k nearest selected by
-  stable sorts; ``R`` doubles for the others (infinite past twice the largest graph diagonal, which
-  ends the loop). Each round costs O(N log N) for the cell list plus O(open targets x candidates).
+Design (radius graph, at most one device->host read: the edge total and largest count, together)
+----------------------------------------------------------------------------------------------
+* Grids without the host. Graph ids are ``cumsum(batch changes)``; per-graph arrays are sized ``N``
+  (an upper bound on the number of graphs), so nothing waits for the graph count. Each graph gets a
+  uniform grid over its bounding box with cubic cells of edge
+  ``h_g = max(r * (1 + 2^-10), L_g / (M_g^(1/3) - 1))``, ``L_g`` its longest extent and
+  ``M_g = 2 N_g + 8``: then each axis has ``floor(ext / h_g) + 1 <= M_g^(1/3)`` cells, so the grid of
+  a graph has at most ``M_g`` cells and all grids fit in ``10 N`` cells, allocated without a read.
+  Cells are keyed ``base_g + (cx * ny + cy) * nz + cz``: the three cells along z next to a cell are
+  adjacent keys, so its 27 neighbor cells are 9 runs of slots.
+* BIN (Triton): the key of every node (float64 arithmetic, clamped, NaN-safe). One stable
+  ``torch.sort`` of the ``N`` keys orders the nodes by cell (ascending index inside a cell), and one
+  ``searchsorted`` gives every cell's first slot. No per-cell Python loop, no candidate lists.
+* COUNT (Triton): one program per ``BLOCK_T`` consecutive slots (neighbors in space); each target
+  lane decodes its cell and scans its 9 runs in ``[BLOCK_T, BLOCK_C]`` distance tiles. Counts are
+  stored per target (original index): no atomics.
+* Scan: ``ptr = cumsum(counts)`` (the CSR pointer of the output). The one read: ``ptr[-1]`` and the
+  largest count, to size the output and to raise on ``max_num_neighbors``.
+* FILL (Triton): the same scan writes each hit (source, target) at ``ptr[i] + running count``, then,
+  after a CTA barrier, the program reloads its targets' lists ``[rows, SEG]`` (``SEG`` the next power of
+  two of the largest count) and sorts them by source in registers (``tl.sort``) before storing them
+  back. A cell scan cannot emit sources in index order (27 sorted runs), so each list is put in order
+  where it was written, while it is in L1/L2: no global sort of the edge list, no second pass over
+  it. Lists longer than ``SORT_MAX`` (very dense graphs) fall back to one ``torch.sort`` of the keys.
+* ``max_num_neighbors`` over the limit: ``ValueError`` (the reference's message), or with
+  ``truncate=True`` the nearest (ties: smaller index) by stable sorts: a rare path that reads more.
+* Launches: BIN, COUNT, FILL (3 Triton kernels) plus about twenty small torch ops (graph ids, boxes,
+  grid sizes, the key sort, searchsorted, the scan); ``tests/test_triton.py`` counts them and the reads.
+* Registers (ptxas for sm_90a, without a GPU): BIN 58; COUNT 16 x 32 tile 162 (float64: 188); FILL +
+  sort 188 / 193 / 114 / 64 at SEG = 32 / 64 / 256 / 1024, 128 at SEG = 4096 (8 warps); no spills.
+  (A 32 x 32 COUNT tile took 255 registers and spilled.) The PTX of FILL + sort has plain (coherent)
+  ``ld.global`` after ``bar.sync``, no ``ld.global.nc``, no ``fma``, ``sqrt.rn``.
+
+kNN: an expanding radius, one device->host read per round (plus one at the start for the initial
+radius). Each round bins for radius ``R`` and counts every open target; a target is done when it has
+at least ``min(k, graph size - self)`` candidates within ``R`` (then its k nearest, ties by index, are
+among them: exact), or when ``R`` reached ``r``. Done targets are filled (masked FILL with distances)
+and their k nearest selected by stable sorts and scattered to their final places without a read;
+``R`` doubles for the others (infinite past twice the largest graph diagonal, which ends the loop).
 
 Exactness and FMA
 -----------------
@@ -31,19 +46,19 @@ Distances are ``sqrt((dx*dx + dy*dy) + dz*dz)`` with ``d = pos_j - pos_i`` in th
 compared ``<= r`` with ``r`` rounded to that dtype, like :func:`pamnet_fast.ops.reference.pair_distance`.
 Compiled for a GPU, two things could make a distance differ from the CPU's in the last bit (which
 matters only for pairs within ~1 ulp of ``r``): (1) Triton contracts ``dx*dx + dy*dy`` into an FMA by
-default (``enable_fp_fusion``, default on in Triton 3.9); (2) ``tl.sqrt`` is ``sqrt.approx.f32``. So
-these kernels are launched with ``enable_fp_fusion=False`` (no LLVM contraction, ``ptxas --fmad=false``)
-and float32 uses ``tl.sqrt_rn`` (IEEE round-to-nearest; float64 ``sqrt`` is always IEEE). Compiling
-for sm_90 without a GPU shows the effect: 32 ``fma.rn`` in the PTX with fusion on, none with it off,
-and ``sqrt.rn.f32``/``sqrt.rn.f64`` (``tests/test_triton.py`` checks this). Every operation is then
-rounded as on the CPU and the GPU edge set equals the CPU's bit for bit. (Correctness was established
-under the interpreter and by compiling to PTX; no GPU run was available when this was written.)
+default; (2) ``tl.sqrt`` is ``sqrt.approx.f32``. So these kernels are launched with
+``enable_fp_fusion=False`` (no contraction, ``ptxas --fmad=false``) and float32 uses ``tl.sqrt_rn``
+(IEEE; float64 ``sqrt`` is always IEEE). ``tests/test_triton.py`` compiles them for sm_90 and checks
+the PTX (no ``fma``, ``sqrt.rn``). Cells are ``r * (1 + 2^-10)`` wide and binned in float64, so
+rounding never hides a neighbor cell. (Established under the interpreter and by compiling to PTX; the
+GPU check is ``benchmarks/gpu_check.py``.)
 """
 from __future__ import annotations
 
 import math
 from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -52,185 +67,225 @@ from torch import Tensor
 from .. import validate
 from ._common import scalars
 
-BLOCK_T = 32   # targets per tile (all from one cell)
-BLOCK_C = 64   # candidates per chunk
+BLOCK_T = 16     # targets per COUNT program (consecutive slots: neighbors in space)
+BLOCK_C = 32     # candidates per distance tile of COUNT
+FILL_TILE = 512  # elements of a FILL distance tile: rows * BLOCK_C (162 registers, no spills at 512)
+SORT_MAX = 4096  # longest list sorted in registers by FILL; longer ones use one global sort
 _CELL_MARGIN = 1.0 + 2.0 ** -10  # cell edge slightly above r: rounding never hides a neighbor cell
+_PAD = tl.constexpr(2 ** 62)  # sorts after every node index
+
+
+def _launch(kernel, grid, *args, **meta):
+    """Every Triton launch of this module goes through here (the tests count them)."""
+    kernel[grid](*args, **meta)
+
+
+def _read(t: Tensor) -> list:
+    """The device->host reads of this module (the tests count them)."""
+    return t.tolist()
 
 
 @triton.jit
-def _pair_kernel(pos_ptr, r_ptr, tgt_ptr, tile_start_ptr, tile_end_ptr, tile_cell_ptr, cand_ptr_ptr,
-                 cand_ptr, count_ptr, offset_ptr, out_src_ptr, out_dist_ptr,
-                 LOOP: tl.constexpr, FILL: tl.constexpr, IS_F64: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
-    tile = tl.program_id(0)
-    t0 = tl.load(tile_start_ptr + tile)
-    t1 = tl.load(tile_end_ptr + tile)
-    cell = tl.load(tile_cell_ptr + tile)
-    slot = t0 + tl.arange(0, BLOCK_T)
-    tmask = slot < t1
-    tgt = tl.load(tgt_ptr + slot, mask=tmask, other=-1)
-    tx = tl.load(pos_ptr + tgt * 3, mask=tmask, other=0.0)
-    ty = tl.load(pos_ptr + tgt * 3 + 1, mask=tmask, other=0.0)
-    tz = tl.load(pos_ptr + tgt * 3 + 2, mask=tmask, other=0.0)
+def _bin_kernel(pos_ptr, graph_ptr, lo_ptr, h_ptr, dims_ptr, base_ptr, key_ptr, n, BLOCK: tl.constexpr):
+    """key[i] = base[g] + (cx * ny + cy) * nz + cz, the cell of node i in the grid of its graph g."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = i < n
+    g = tl.load(graph_ptr + i, mask=m, other=0)
+    h = tl.load(h_ptr + g, mask=m, other=1.0)
+    local = tl.zeros([BLOCK], dtype=tl.int64)
+    for a in tl.static_range(3):
+        p = tl.load(pos_ptr + i * 3 + a, mask=m, other=0.0).to(tl.float64)
+        lo = tl.load(lo_ptr + g * 3 + a, mask=m, other=0.0)
+        dim = tl.load(dims_ptr + g * 3 + a, mask=m, other=1)
+        c = tl.floor((p - lo) / h)
+        top = (dim - 1).to(tl.float64)
+        c = tl.where(c > 0, c, 0.0)  # also NaN (inf / inf, 0 * inf)
+        c = tl.where(c < top, c, top)
+        local = local * dim + c.to(tl.int64)
+    tl.store(key_ptr + i, tl.load(base_ptr + g, mask=m, other=0) + local, mask=m)
+
+
+@triton.jit
+def _scan_kernel(pos_ptr, key_ptr, order_ptr, graph_ptr, dims_ptr, base_ptr, cell_start_ptr, r_ptr,
+                 active_ptr, ptr_ptr, count_ptr, out_src_ptr, out_dst_ptr, out_dist_ptr, n,
+                 LOOP: tl.constexpr, FILL: tl.constexpr, SORT: tl.constexpr, WITH_DIST: tl.constexpr,
+                 HAS_ACTIVE: tl.constexpr, IS_F64: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_C: tl.constexpr, SEG: tl.constexpr):
+    """COUNT (``FILL`` false): neighbors of each target. FILL: write them at ``ptr[target]``, sorted
+    by source when ``SORT``. Targets are the slots (cell order) of this program's tile; ``pos`` is
+    in slot order and ``order`` maps a slot to its node."""
+    slot = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    tmask = slot < n
+    tgt = tl.load(order_ptr + slot, mask=tmask, other=0)
+    if HAS_ACTIVE:
+        tmask = tmask & (tl.load(active_ptr + tgt, mask=tmask, other=0) != 0)
+    g = tl.load(graph_ptr + tgt, mask=tmask, other=0)
+    nx = tl.load(dims_ptr + g * 3, mask=tmask, other=1)
+    ny = tl.load(dims_ptr + g * 3 + 1, mask=tmask, other=1)
+    nz = tl.load(dims_ptr + g * 3 + 2, mask=tmask, other=1)
+    base = tl.load(base_ptr + g, mask=tmask, other=0)
+    local = tl.load(key_ptr + slot, mask=tmask, other=0) - base
+    cz = local % nz
+    cy = (local // nz) % ny
+    cx = local // (nz * ny)
+    z0 = tl.maximum(cz - 1, 0)
+    z1 = tl.minimum(cz + 1, nz - 1)
+    tx = tl.load(pos_ptr + slot * 3, mask=tmask, other=0.0)
+    ty = tl.load(pos_ptr + slot * 3 + 1, mask=tmask, other=0.0)
+    tz = tl.load(pos_ptr + slot * 3 + 2, mask=tmask, other=0.0)
     r = tl.load(r_ptr)
-    count = tl.zeros([BLOCK_T], dtype=tl.int64)
+    count = tl.zeros([BLOCK_T], dtype=tl.int32)
     if FILL:
-        base = tl.load(offset_ptr + slot, mask=tmask, other=0)
-    c0 = tl.load(cand_ptr_ptr + cell)
-    c1 = tl.load(cand_ptr_ptr + cell + 1)
-    for j0 in range(c0, c1, BLOCK_C):
-        jj = j0 + tl.arange(0, BLOCK_C)
-        cmask = jj < c1
-        cand = tl.load(cand_ptr + jj, mask=cmask, other=-2)
-        cx = tl.load(pos_ptr + cand * 3, mask=cmask, other=0.0)
-        cy = tl.load(pos_ptr + cand * 3 + 1, mask=cmask, other=0.0)
-        cz = tl.load(pos_ptr + cand * 3 + 2, mask=cmask, other=0.0)
-        dx = cx[None, :] - tx[:, None]
-        dy = cy[None, :] - ty[:, None]
-        dz = cz[None, :] - tz[:, None]
-        sq = dx * dx + dy * dy
-        sq = sq + dz * dz
-        if IS_F64:
-            dist = tl.sqrt(sq)
-        else:
-            dist = tl.sqrt_rn(sq)
-        hit = (dist <= r) & tmask[:, None] & cmask[None, :]
-        if not LOOP:
-            hit = hit & (cand[None, :] != tgt[:, None])
-        hit64 = hit.to(tl.int64)
-        if FILL:
-            out = base[:, None] + count[:, None] + tl.cumsum(hit64, axis=1) - 1
-            tl.store(out_src_ptr + out, tl.broadcast_to(cand[None, :], [BLOCK_T, BLOCK_C]), mask=hit)
-            tl.store(out_dist_ptr + out, dist, mask=hit)
-        count += tl.sum(hit64, axis=1)
-    if not FILL:
-        tl.store(count_ptr + slot, count, mask=tmask)
-
-
-class _Cells(NamedTuple):
-    order: Tensor   # [N] sorted position -> node
-    pos: Tensor     # [N, 3] positions in sorted order (dtype of pos)
-    cell: Tensor    # [N] cell id (0..C-1) of each sorted node, non-decreasing
-    cand_ptr: Tensor  # [C + 1] CSR pointer of each cell's candidates
-    cand: Tensor      # sorted positions of the nodes of the 27 cells around each cell
-
-
-def _dense_graphs(batch: Optional[Tensor], n: int, device):
-    """Graph id of each node as 0..G-1 (graphs as given by the sorted batch vector), and G."""
-    if batch is None:
-        return torch.zeros(n, dtype=torch.int64, device=device), 1
-    _, graph = torch.unique_consecutive(batch, return_inverse=True)
-    return graph.to(torch.int64), int(graph[-1]) + 1
-
-
-def _boxes(p64: Tensor, graph: Tensor, num_graphs: int):
-    idx = graph[:, None].expand(-1, 3)
-    lo = torch.full((num_graphs, 3), math.inf, dtype=p64.dtype, device=p64.device)
-    hi = torch.full((num_graphs, 3), -math.inf, dtype=p64.dtype, device=p64.device)
-    lo = lo.scatter_reduce(0, idx, p64, "amin")
-    hi = hi.scatter_reduce(0, idx, p64, "amax")
-    return lo, hi
-
-
-def _build_cells(pos: Tensor, graph: Tensor, num_graphs: int, h: float) -> _Cells:
-    dev = pos.device
-    p64 = pos.to(torch.float64)
-    lo, hi = _boxes(p64, graph, num_graphs)
-    ext = (hi - lo).amax(0)  # per dimension, largest over graphs
-    cap = max(3, min(2 ** 20, int((2.0 ** 62 / num_graphs) ** (1.0 / 3.0))))
-    h = max(h, float(ext.max()) / (cap - 2), 1e-300)
-    dims = (torch.nan_to_num(ext / h, nan=0.0, posinf=0.0).floor().to(torch.int64) + 1).clamp_(max=cap)
-    c = torch.nan_to_num((p64 - lo[graph]) / h, nan=0.0, posinf=0.0).floor().to(torch.int64)
-    c = torch.minimum(c.clamp_(min=0), dims - 1)
-    nx, ny, nz = (int(v) for v in dims.tolist())
-    key = ((graph * nx + c[:, 0]) * ny + c[:, 1]) * nz + c[:, 2]
-    key_sorted, order = torch.sort(key, stable=True)
-    _, cell, counts = torch.unique_consecutive(key_sorted, return_inverse=True, return_counts=True)
-    first = torch.cumsum(counts, 0) - counts
-    rep = order[first]
-    g_c, cc = graph[rep], c[rep]
-    zlo = (cc[:, 2] - 1).clamp(min=0)
-    zhi = (cc[:, 2] + 1).clamp(max=nz - 1)
-    ranges = torch.zeros(counts.numel(), 9, 2, dtype=torch.int64, device=dev)
-    k = 0
-
-    for ax in (-1, 0, 1):
-        for ay in (-1, 0, 1):
-            x, y = cc[:, 0] + ax, cc[:, 1] + ay
-            valid = (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
-            row = (g_c * nx + x) * ny + y
-            s = torch.searchsorted(key_sorted, row * nz + zlo)
-            e = torch.searchsorted(key_sorted, row * nz + zhi, right=True)
-            ranges[:, k, 0] = torch.where(valid, s, 0)
-            ranges[:, k, 1] = torch.where(valid, e, 0)
-            k += 1
-    # Flatten the 9 ranges of each cell into one candidate list (one loop per tile on the device).
-    start, length = ranges[..., 0].reshape(-1), (ranges[..., 1] - ranges[..., 0]).reshape(-1)
-    total = int(length.sum())
-    seg = torch.repeat_interleave(torch.arange(length.numel(), device=dev), length, output_size=total)
-    first_out = torch.cumsum(length, 0) - length
-    cand = start[seg] + torch.arange(total, device=dev) - first_out[seg]
-    cand_ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=dev)
-    torch.cumsum(length.view(-1, 9).sum(1), 0, out=cand_ptr[1:])
-    return _Cells(order, pos[order].contiguous(), cell.to(torch.int64), cand_ptr, cand)
-
-
-def _tiles(tcell: Tensor):
-    """Tiles of at most BLOCK_T consecutive targets of one cell; ``tcell`` is non-decreasing."""
-    dev = tcell.device
-    _, cnt = torch.unique_consecutive(tcell, return_counts=True)
-    gstart = torch.cumsum(cnt, 0) - cnt
-    ntile = (cnt + BLOCK_T - 1) // BLOCK_T
-    num = int(ntile.sum())
-    tg = torch.repeat_interleave(torch.arange(cnt.numel(), device=dev), ntile, output_size=num)
-    tfirst = torch.cumsum(ntile, 0) - ntile
-    start = gstart[tg] + (torch.arange(num, device=dev) - tfirst[tg]) * BLOCK_T
-    end = torch.minimum(start + BLOCK_T, gstart[tg] + cnt[tg])
-    return start.contiguous(), end.contiguous(), tcell[start].contiguous()
-
-
-def _search(cells: _Cells, r_t: Tensor, tgt: Tensor, loop: bool, counts: Optional[Tensor] = None):
-    """COUNT (``counts is None``): neighbors of each target of ``tgt`` (sorted positions, ascending).
-    FILL: their sorted positions and distances, target by target, ``counts`` long each."""
-    dev = tgt.device
-    fill = counts is not None
-    if fill:
-        offsets = torch.cumsum(counts, 0) - counts
-        total = int(counts.sum())
-        out_src = torch.empty(total, dtype=torch.int64, device=dev)
-        out_dist = torch.empty(total, dtype=cells.pos.dtype, device=dev)
-        if total == 0:
-            return out_src, out_dist
-        count_buf = offsets  # unused by FILL
+        at = tl.load(ptr_ptr + tgt, mask=tmask, other=0)
+    for q in range(9):  # the 9 rows of 3 cells along z (a loop, not unrolled: fewer registers)
+        x = cx + (q // 3 - 1)
+        y = cy + (q % 3 - 1)
+        valid = tmask & (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+        row = base + (x * ny + y) * nz
+        s = tl.load(cell_start_ptr + row + z0, mask=valid, other=0)
+        length = tl.load(cell_start_ptr + row + z1 + 1, mask=valid, other=0) - s
+        for j0 in range(0, tl.max(length, axis=0), BLOCK_C):
+            jj = j0 + tl.arange(0, BLOCK_C)
+            cmask = jj[None, :] < length[:, None]
+            cand = s[:, None] + jj[None, :]
+            dx = tl.load(pos_ptr + cand * 3, mask=cmask, other=0.0) - tx[:, None]
+            dy = tl.load(pos_ptr + cand * 3 + 1, mask=cmask, other=0.0) - ty[:, None]
+            dz = tl.load(pos_ptr + cand * 3 + 2, mask=cmask, other=0.0) - tz[:, None]
+            sq = dx * dx + dy * dy
+            sq = sq + dz * dz
+            if IS_F64:
+                dist = tl.sqrt(sq)
+            else:
+                dist = tl.sqrt_rn(sq)
+            hit = (dist <= r) & cmask
+            if not LOOP:
+                hit = hit & (cand != slot[:, None])
+            hit32 = hit.to(tl.int32)
+            if FILL:
+                out = at[:, None] + (count[:, None] + tl.cumsum(hit32, axis=1) - 1)
+                src = tl.load(order_ptr + cand, mask=hit, other=0)
+                tl.store(out_src_ptr + out, src, mask=hit)
+                tl.store(out_dst_ptr + out, tl.broadcast_to(tgt[:, None], [BLOCK_T, BLOCK_C]), mask=hit)
+                if WITH_DIST:
+                    tl.store(out_dist_ptr + out, dist, mask=hit)
+            count += tl.sum(hit32, axis=1)
+    if FILL:
+        if SORT:
+            # The lists were written by this program: after the barrier its threads see each
+            # other's stores. Sort them by source in registers and store them back.
+            tl.debug_barrier()
+            k = tl.arange(0, SEG)
+            lmask = tmask[:, None] & (k[None, :] < count[:, None])
+            lst = tl.load(out_src_ptr + at[:, None] + k[None, :], mask=lmask, other=_PAD)
+            lst = tl.sort(lst, dim=1)
+            tl.store(out_src_ptr + at[:, None] + k[None, :], lst, mask=lmask)
     else:
-        count_buf = torch.zeros(tgt.numel(), dtype=torch.int64, device=dev)
-        offsets = out_src = out_dist = count_buf
-        if tgt.numel() == 0:
-            return count_buf
-    start, end, tcell = _tiles(cells.cell[tgt])
-    _pair_kernel[(start.numel(),)](
-        cells.pos, r_t, tgt, start, end, tcell, cells.cand_ptr, cells.cand, count_buf, offsets, out_src, out_dist,
-        LOOP=bool(loop), FILL=fill, IS_F64=cells.pos.dtype == torch.float64,
-        BLOCK_T=BLOCK_T, BLOCK_C=BLOCK_C, num_warps=4, enable_fp_fusion=False)
-    return (out_src, out_dist) if fill else count_buf
+        tl.store(count_ptr + tgt, count.to(tl.int64), mask=tmask)
 
 
-def _nearest(seg: Tensor, src: Tensor, dist: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` nearest entries of each segment, ties by the smaller source index."""
+class _Grid(NamedTuple):
+    order: Tensor       # [N] slot -> node (by cell, ascending node inside a cell)
+    key: Tensor         # [N] cell key of each slot, non-decreasing
+    pos: Tensor         # [N, 3] positions in slot order (dtype of pos)
+    dims: Tensor        # [N, 3] cells per axis of each graph (rows past the graph count unused)
+    base: Tensor        # [N] first cell key of each graph
+    cell_start: Tensor  # [10 N + 2] first slot of each cell key
+
+
+class _Graphs(NamedTuple):
+    graph: Tensor  # [N] dense graph id 0.. of each node
+    lo: Tensor     # [N, 3] float64 box corner of each graph
+    ext: Tensor    # [N, 3] float64 box extent of each graph (0 where unused or not finite)
+    size: Tensor   # [N] atoms of each graph
+
+
+def _graphs(pos: Tensor, batch: Optional[Tensor]) -> _Graphs:
+    """Dense graph ids and per-graph boxes, in arrays of N rows (no read of the graph count)."""
+    n, dev = pos.size(0), pos.device
+    graph = torch.zeros(n, dtype=torch.int64, device=dev)
+    if batch is not None and n > 1:
+        torch.cumsum(batch[1:] != batch[:-1], 0, out=graph[1:])
+    p64 = pos.to(torch.float64)
+    idx = graph[:, None].expand(-1, 3)
+    lo = torch.full((n, 3), math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, idx, p64, "amin")
+    hi = torch.full((n, 3), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(0, idx, p64, "amax")
+    size = torch.zeros(n, dtype=torch.int64, device=dev).index_add_(0, graph, torch.ones_like(graph))
+    ext = torch.nan_to_num(hi - lo, nan=0.0, posinf=0.0, neginf=0.0)
+    return _Graphs(graph, torch.nan_to_num(lo, nan=0.0, posinf=0.0, neginf=0.0), ext, size)
+
+
+def _grid(pos: Tensor, gr: _Graphs, h: float) -> _Grid:
+    """Bin the nodes into per-graph grids of cells at least ``h`` wide (see the module docstring)."""
+    n, dev = pos.size(0), pos.device
+    max_cells = (2 * gr.size + 8).to(torch.float64)
+    longest = gr.ext.amax(1)
+    # Each axis then has floor(ext / edge) + 1 <= max_cells^(1/3) cells (1e-6: rounding of the root).
+    edge = (longest / (max_cells.pow(1.0 / 3.0) - 1.0) * (1.0 + 1e-6)).clamp_(min=max(h, 1e-300))
+    dims = torch.nan_to_num(gr.ext / edge[:, None], nan=0.0, posinf=0.0).floor_().to(torch.int64) + 1
+    cells = torch.where(gr.size > 0, dims.prod(1), 0)
+    base = torch.cumsum(cells, 0) - cells
+    key = torch.empty(n, dtype=torch.int64, device=dev)
+    _launch(_bin_kernel, (triton.cdiv(n, 256),), pos, gr.graph, gr.lo, edge, dims, base, key, n, BLOCK=256)
+    key_sorted, order = torch.sort(key, stable=True)
+    cell_start = torch.searchsorted(key_sorted, torch.arange(10 * n + 2, device=dev))
+    return _Grid(order, key_sorted, pos[order].contiguous(), dims, base, cell_start)
+
+
+def _scan(grid: _Grid, gr: _Graphs, r_t: Tensor, loop: bool, active: Optional[Tensor] = None,
+          ptr: Optional[Tensor] = None, total: int = 0, seg: int = 0, with_dist: bool = False):
+    """COUNT (``ptr`` None): ``[N]`` neighbor counts. FILL: ``(src, dst, dist)`` of ``total`` edges
+    at ``ptr`` (lists sorted by source when ``0 < seg``; ``dist`` only ``with_dist``)."""
+    n, dev = grid.order.numel(), grid.pos.device
+    fill = ptr is not None
+    act = active if active is not None else grid.order
+    if fill:
+        src = torch.empty(total, dtype=torch.int64, device=dev)
+        dst = torch.empty(total, dtype=torch.int64, device=dev)
+        dist = torch.empty(total if with_dist else 0, dtype=grid.pos.dtype, device=dev)
+        if total == 0:
+            return src, dst, dist
+        rows = max(1, min(BLOCK_T, FILL_TILE // max(seg, 1)))
+        block_c = min(256, FILL_TILE // rows)
+        count = src
+    else:
+        count = torch.zeros(n, dtype=torch.int64, device=dev)
+        src = dst = dist = ptr = count
+        rows, block_c = BLOCK_T, BLOCK_C
+    _launch(_scan_kernel, (triton.cdiv(n, rows),), grid.pos, grid.key, grid.order, gr.graph, grid.dims,
+            grid.base, grid.cell_start, r_t, act, ptr, count, src, dst, dist if with_dist else src, n,
+            LOOP=bool(loop), FILL=fill, SORT=seg > 0, WITH_DIST=with_dist, HAS_ACTIVE=active is not None,
+            IS_F64=grid.pos.dtype == torch.float64, BLOCK_T=rows, BLOCK_C=block_c, SEG=max(seg, 1),
+            num_warps=4 if seg <= 1024 else 8, enable_fp_fusion=False)
+    return (src, dst, dist) if fill else count
+
+
+def _rounded(r: float, dtype) -> float:
+    """``r`` rounded to ``dtype``, on the host (no read of the device copy)."""
+    if dtype != torch.float32:
+        return float(r)
+    with np.errstate(over="ignore"):
+        return float(np.float32(r))
+
+
+def _csr(counts: Tensor) -> Tensor:
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def _sort_edges(src: Tensor, dst: Tensor, n: int):
+    """Edges sorted by (target, source) and the CSR pointer, without a read (the fallback order)."""
+    key = torch.sort(dst * n + src).values
+    dst = key // n
+    ptr = torch.searchsorted(dst, torch.arange(n + 1, device=dst.device))
+    return torch.stack([key % n, dst]), ptr
+
+
+def _nearest_order(dst: Tensor, src: Tensor, dist: Tensor) -> Tensor:
+    """Permutation sorting the entries by (target, distance, source)."""
     o = torch.sort(src, stable=True).indices
     o = o[torch.sort(dist[o], stable=True).indices]
-    o = o[torch.sort(seg[o], stable=True).indices]
-    s = seg[o]
-    rank = torch.arange(s.numel(), device=s.device) - torch.searchsorted(s, s)
-    return o[rank < k]
-
-
-def _finish(src: Tensor, dst: Tensor, n: int):
-    key = torch.sort(dst * n + src).values
-    src, dst = key % n, key // n
-    ptr = torch.zeros(n + 1, dtype=torch.int64, device=src.device)
-    torch.cumsum(torch.bincount(dst, minlength=n), 0, out=ptr[1:])
-    return torch.stack([src, dst]), ptr
+    return o[torch.sort(dst[o], stable=True).indices]
 
 
 def _empty(pos: Tensor):
@@ -246,23 +301,30 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], loop: bool, max
     if n == 0:
         return _empty(pos)
     pos = pos.contiguous()
-    graph, num_graphs = _dense_graphs(batch, n, pos.device)
+    gr = _graphs(pos, batch)
     r_t = scalars(pos, r)
-    cells = _build_cells(pos, graph, num_graphs, float(r_t) * _CELL_MARGIN)
-    tgt = torch.arange(n, device=pos.device)
-    counts = _search(cells, r_t, tgt, loop)
-    max_count = int(counts.max())
-    if 0 <= max_num_neighbors < max_count and not truncate:
+    grid = _grid(pos, gr, _rounded(r, pos.dtype) * _CELL_MARGIN)
+    counts = _scan(grid, gr, r_t, loop)
+    ptr = _csr(counts)
+    total, max_count = _read(torch.stack([ptr[-1], counts.max()]))  # the one device->host read
+    over = 0 <= max_num_neighbors < max_count
+    if over and not truncate:
         raise ValueError(
             f"radius_graph: a node has {max_count} neighbors within r={r}, more than "
             f"max_num_neighbors={max_num_neighbors}; raise max_num_neighbors or pass truncate=True "
             f"to keep the nearest ones")
-    src_s, dist = _search(cells, r_t, tgt, loop, counts)
-    dst_s = torch.repeat_interleave(tgt, counts, output_size=src_s.numel())
-    if 0 <= max_num_neighbors < max_count:
-        keep = _nearest(dst_s, cells.order[src_s], dist, max_num_neighbors)
-        src_s, dst_s = src_s[keep], dst_s[keep]
-    return _finish(cells.order[src_s], cells.order[dst_s], n)
+    if not over and max_count <= SORT_MAX:
+        seg = triton.next_power_of_2(max(max_count, 1))
+        src, dst, _ = _scan(grid, gr, r_t, loop, ptr=ptr, total=total, seg=seg)
+        return torch.stack([src, dst]), ptr
+    src, dst, dist = _scan(grid, gr, r_t, loop, ptr=ptr, total=total, with_dist=over)
+    if not over:
+        return _sort_edges(src, dst, n)
+    # Truncation (rare): the max_num_neighbors nearest of each target, ties by the smaller index.
+    o = _nearest_order(dst, src, dist)
+    rank = torch.arange(total, device=pos.device) - ptr[dst[o]]
+    keep = o[rank < max_num_neighbors]
+    return _sort_edges(src[keep], dst[keep], n)
 
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], loop: bool):
@@ -273,42 +335,52 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], 
         return _empty(pos)
     dev = pos.device
     pos = pos.contiguous()
-    graph, num_graphs = _dense_graphs(batch, n, dev)
-    sizes = torch.bincount(graph, minlength=num_graphs)
-    need = (sizes[graph] - (0 if loop else 1)).clamp(max=k)  # candidates that make a target done
-    lo, hi = _boxes(pos.to(torch.float64), graph, num_graphs)
-    diag = (hi - lo).norm(dim=1)
-    r_cap = math.inf if r is None else float(scalars(pos, r))
+    gr = _graphs(pos, batch)
+    need = (gr.size[gr.graph] - (0 if loop else 1)).clamp(max=k)  # candidates that make a target done
+    diag = gr.ext.norm(dim=1)
     # Initial radius: the k-NN radius of a uniform box, smallest over graphs with extent.
-    est = 0.4 * diag * ((k + 1) / sizes.to(torch.float64)) ** (1.0 / 3.0)
-    est = est[(sizes > 1) & (diag > 0)]
-    radius = float(est.min()) if est.numel() else 1.0
-    diag_max = float(diag.max())
-    active = torch.arange(n, device=dev)
-    srcs, dsts = [], []
-    while active.numel():
+    est = 0.4 * diag * ((k + 1) / gr.size.clamp(min=1).to(torch.float64)) ** (1.0 / 3.0)
+    est = torch.where((gr.size > 1) & (diag > 0), est, math.inf)
+    radius, diag_max = _read(torch.stack([est.min(), diag.max()]))
+    if not math.isfinite(radius):
+        radius = 1.0
+    r_cap = math.inf if r is None else _rounded(r, pos.dtype)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    src_out = torch.full((n * k,), -1, dtype=torch.int64, device=dev)  # slot t * k + rank of target t
+    while True:
         radius = min(radius, r_cap)
         final = radius >= r_cap
         r_t = scalars(pos, radius)
-        cells = _build_cells(pos, graph, num_graphs, float(r_t) * _CELL_MARGIN)
-        inverse = torch.empty_like(cells.order)
-        inverse[cells.order] = torch.arange(n, device=dev)
-        tgt = torch.sort(inverse[active]).values
-        counts = _search(cells, r_t, tgt, loop)
-        done = torch.ones_like(counts, dtype=torch.bool) if final else counts >= need[cells.order[tgt]]
-        tgt_done = tgt[done]
-        if tgt_done.numel():
-            c_done = counts[done]
-            src_s, dist = _search(cells, r_t, tgt_done, loop, c_done)
-            seg = torch.repeat_interleave(torch.arange(tgt_done.numel(), device=dev), c_done,
-                                          output_size=src_s.numel())
-            keep = _nearest(seg, cells.order[src_s], dist, k)
-            srcs.append(cells.order[src_s[keep]])
-            dsts.append(cells.order[tgt_done[seg[keep]]])
-        active = cells.order[tgt[~done]]
+        grid = _grid(pos, gr, _rounded(radius, pos.dtype) * _CELL_MARGIN)
+        counts = _scan(grid, gr, r_t, loop, active=active)
+        done = active if final else active & (counts >= need)
+        ptr = _csr(torch.where(done, counts, 0))
+        active = active & ~done
+        total, still_open = _read(torch.stack([ptr[-1], active.sum()]))  # one read per round
+        src, dst, dist = _scan(grid, gr, r_t, loop, active=done, ptr=ptr, total=total, with_dist=True)
+        o = _nearest_order(dst, src, dist)
+        d = dst[o]
+        rank = torch.arange(total, device=dev) - ptr[d]
+        # The k nearest of each done target go to its k slots; the others to a spare slot.
+        slot = torch.where(rank < k, d * k + rank, n * k)
+        spare = torch.cat([src_out, src_out.new_empty(1)])
+        spare.index_put_((slot,), src[o])
+        src_out = spare[:-1]
+        if not still_open:
+            break
         radius *= 2.0
         if radius > 2.0 * diag_max:
             radius = math.inf
-    if not srcs:
-        return _empty(pos)
-    return _finish(torch.cat(srcs), torch.cat(dsts), n)
+    # Targets with fewer than k neighbors within r leave -1 slots: drop them, sort each list by source.
+    dst_out = torch.arange(n * k, device=dev) // k
+    key = torch.where(src_out >= 0, dst_out * n + src_out, n * n)
+    key = torch.sort(key).values
+    counts = torch.minimum(_csr_counts(src_out, n, k), torch.tensor(k, device=dev))
+    ptr = _csr(counts)
+    total = _read(ptr[-1:])[0]
+    key = key[:total]
+    return torch.stack([key % n, key // n]), ptr
+
+
+def _csr_counts(src_out: Tensor, n: int, k: int) -> Tensor:
+    return (src_out.view(n, k) >= 0).sum(1)
