@@ -131,7 +131,7 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="report the MAE of a trained model on a split")
     e.add_argument("checkpoint", help="run directory, model.pt or checkpoint.pt")
     e.add_argument("--split", choices=("train", "val", "test"), default="test")
-    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=None, help="default: the run's evaluation batch size")
     common(e)
     memory(e)
 
@@ -144,7 +144,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--ligand", default=None,
                    help="protein-ligand models: ligand .sdf (every pose of a multi-pose file) or .mol2")
     r.add_argument("--output", default=None, help="CSV path (default <run dir>/predictions_<split>.csv)")
-    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--batch-size", type=int, default=None, help="default: the run's evaluation batch size")
     common(r)
     memory(r)
 
@@ -165,6 +165,12 @@ def _setup(args):
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     return torch
+
+
+def _eval_batch(args, st) -> int:
+    """--batch-size, else the evaluation batch size the run was trained with (datasets of large
+    structures lower it), else 128."""
+    return args.batch_size or (st.get("train_config") or {}).get("eval_batch_size") or 128
 
 
 def _load_task(args, meta: dict):
@@ -331,7 +337,7 @@ def cmd_evaluate(args) -> int:
     model, st, f = load_trained(args.checkpoint, device)
     apply_max_memory(model, args.max_memory)
     task = _load_task(args, st.get("meta") or {})
-    rows = _infer(model, task.split(args.split), st, device, args.batch_size)
+    rows = _infer(model, task.split(args.split), st, device, _eval_batch(args, st))
     m = regression_metrics(np.array([r[1][0] for r in rows]), np.array([r[2][0] for r in rows]))
     unit = task.unit
     print(f"{st['model_name']} {task.target_name} {args.split} MAE: {m['mae']:.6g} {unit} "
@@ -390,7 +396,7 @@ def cmd_predict(args) -> int:
             raise SystemExit(f"pamnet-fast predict: {f} is a {meta.get('dataset', 'qm9')} model; scoring "
                              f"poses needs one trained on protein-ligand complexes (--dataset pdbbind)")
         outp = Path(args.output) if args.output else Path(args.ligand).with_suffix(".affinity.csv")
-        rows = score_poses(model, st, args.receptor, args.ligand, outp, device, args.batch_size)
+        rows = score_poses(model, st, args.receptor, args.ligand, outp, device, _eval_batch(args, st))
         for r in rows:
             print(f"{r['pose']:>4} {r['name'][:30]:<30} vina {r['vina_score'] if r['vina_score'] != '' else '-':>7} "
                   f"predicted -logKd/Ki {r['pred_affinity']:.3f}")
@@ -403,7 +409,7 @@ def cmd_predict(args) -> int:
             e, _ = molecule_bonds(z, pos, None)
             data.append(Data(z=torch.tensor(z, dtype=torch.long), pos=torch.tensor(pos, dtype=torch.float32),
                              edge_index=torch.from_numpy(e).long(), idx=torch.tensor(k)))
-        rows = _infer(model, data, st, device, args.batch_size)
+        rows = _infer(model, data, st, device, _eval_batch(args, st))
         outp = Path(args.output) if args.output else Path(args.input).with_suffix(".predictions.csv")
         with open(outp, "w", newline="") as fh:
             w = csv.writer(fh)
@@ -413,7 +419,7 @@ def cmd_predict(args) -> int:
     else:
         task = _load_task(args, meta)
         target = task.target_name
-        rows = _infer(model, task.split(args.split), st, device, args.batch_size)
+        rows = _infer(model, task.split(args.split), st, device, _eval_batch(args, st))
         outp = Path(args.output) if args.output else f.parent / f"predictions_{args.split}.csv"
         info = getattr(task.full, "row_info", None)  # dataset-specific columns (QM9: index, SMILES)
         extra = list(info(rows[0][0])) if info is not None and rows else []
@@ -424,7 +430,7 @@ def cmd_predict(args) -> int:
                 cols = list(info(i).values()) if extra else []
                 w.writerow([i] + cols + [repr(y[0]), repr(p[0]), repr(abs(y[0] - p[0]))])
         if hasattr(model, "predict_conformations"):
-            _write_physchem_outputs(f, Path(outp).parent, task, args.split, device, args.batch_size)
+            _write_physchem_outputs(f, Path(outp).parent, task, args.split, device, _eval_batch(args, st))
     print(f"wrote {len(rows)} predictions to {outp}")
     return 0
 

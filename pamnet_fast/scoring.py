@@ -52,6 +52,9 @@ def add_score_parser(sub, common) -> None:
     s.add_argument("--keep-phosphorus", action="store_true",
                    help="include P atoms (only for a checkpoint trained with them)")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of a forward, e.g. 2GiB: the global plex is streamed in blocks "
+                        "(whole ribosomes; same scores)")
     common(s)
 
 
@@ -82,7 +85,7 @@ def _atomic_csv(path: Path, header, rows) -> None:
 
 
 def cmd_score(args) -> int:
-    from .cli import _device, _setup, load_trained
+    from .cli import _device, _setup, apply_max_memory, load_trained
     from .data.structures import read_rna_structure
     _setup(args)
     device = _device(args.device)
@@ -93,6 +96,7 @@ def cmd_score(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     model, st, f = load_trained(str(ckpt), device)
+    apply_max_memory(model, args.max_memory)
     target = (st.get("train_config") or {}).get("target_name")
     if target != "rmsd":
         print(f"warning: {f} was trained on {target!r}, not on RMSD; its outputs are not RMSD scores",

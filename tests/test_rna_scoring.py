@@ -167,6 +167,11 @@ def test_train_rna_decoys_then_score_files(shared_data, tmp_path, capsys):
                      str(tmp_path / "one.csv"), "--quiet"]) == 0
     one = list(csv.DictReader(open(tmp_path / "one.csv")))
     assert one[0]["score"] == one[1]["score"] == [r for r in rows if r["file"].endswith("Rank1.pdb")][0]["score"]
+    # --max-memory streams the global plex: the same score (float32 sums in another order)
+    assert cli.main(["score", str(f), "--max-memory", "64MiB", "--checkpoint", str(out), "--output",
+                     str(tmp_path / "streamed.csv"), "--quiet"]) == 0
+    streamed = list(csv.DictReader(open(tmp_path / "streamed.csv")))
+    assert float(streamed[0]["score"]) == pytest.approx(float(one[0]["score"]), rel=1e-5)
     # a bad file is reported and fails the command; the good ones are still written
     bad = tmp_path / "bad.pdb"
     bad.write_text("not a structure\n")

@@ -41,7 +41,9 @@ def rna_decoy_task(root: Optional[str], split_seed: int = 42, limit: Optional[in
     summary = (f"{ds.summary()}; leave-puzzles-out split (seed {split_seed}): train puzzles "
                f"{','.join(groups['train'])} | val {','.join(groups['val'])} | test {','.join(groups['test'])}")
     return TaskData(tr, va, te, target_name="rmsd", unit="Å", element_ref=False, loss="smooth_l1",
-                    summary=summary, full=ds, meta={"puzzle_split": groups, "decoys_per_native": n})
+                    summary=summary, full=ds, meta={"puzzle_split": groups, "decoys_per_native": n},
+                    # whole RNAs of up to ~4k atoms: 128 of them in one evaluation batch ran out of memory
+                    train_defaults={"eval_batch_size": 8})
 
 
 # ----------------------------------------------------------------------------- distance-only baselines
