@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import pickle
+import platform
 import re
 import resource
 import subprocess
@@ -337,3 +338,15 @@ if __name__ == "__main__":
         print("PAMNET_PROBE " + json.dumps(result), flush=True)
     else:
         print(__doc__)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (recorded beside benchmark results)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

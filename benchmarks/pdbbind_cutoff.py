@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     n_lig = int(batch.ligand.sum())
     meta = {"complex": "prolif_vina rec.pdb + vina_output.sdf pose 0", "complex_atoms": n_complex,
             "ligand_atoms": n_lig, "pocket_atoms": n_complex - n_lig, "nodes_in_three_graphs": int(g.num_nodes),
-            "threads": torch.get_num_threads(), "machine": _machine(),
+            "threads": torch.get_num_threads(), "machine": _data.cpu_model(),
             "load_average_at_end": list(os.getloadavg())}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,17 +220,6 @@ def main(argv=None) -> int:
         print(f"plot skipped: {e}")
     print(f"wrote {out / 'cutoff.json'} and {out / 'cutoff.png'}")
     return 0
-
-
-def _machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 if __name__ == "__main__":

@@ -24,3 +24,13 @@ def shared_data():
     if not DATA.is_dir():
         pytest.skip(f"real data not found at {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (more threads only add overhead and spin
+    under load); ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,12 +13,8 @@ if importlib.util.find_spec("qm9pack") is None:
     pytest.skip("qm9pack is not installed", allow_module_level=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: intra-op threads only add overhead (and spin under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

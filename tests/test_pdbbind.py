@@ -18,12 +18,8 @@ from pamnet_fast.data.pdbbind import PDBbind, PDBbindError, paper_split, read_in
 from pamnet_fast.nn import PAMNet, PAMNetConfig, ProteinLigandHead, expand_complexes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: intra-op threads only add overhead (and spin under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

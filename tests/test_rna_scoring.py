@@ -12,12 +12,8 @@ from pamnet_fast.data.structures import kabsch, read_tu_structures
 from pamnet_fast.train.ranking import puzzle_ranking, random_ranking_metrics, ranking_metrics
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: intra-op threads only add overhead (and spin under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,8 @@ from pamnet_fast.train.tiny import TinyConfig, TinyModel, synthetic_dataset
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: intra-op threads only add overhead (and spin under load)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: intra-op threads only add overhead (and spin under load)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
