@@ -458,15 +458,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         valid = dataset_targets_of(args.dataset)
         if valid and args.target not in valid:
             parser.error(f"dataset {args.dataset} has no target {args.target!r}; valid: {', '.join(valid)}")
-    from .data.complexes import ComplexError
-    from .data.pdbbind import PDBbindError
+    from .data.errors import InputDataError
     try:
         if args.command == "score":
             from .scoring import cmd_score
             return cmd_score(args)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "data": cmd_data}[args.command](args)
-    except (ComplexError, PDBbindError) as e:  # bad input files: the message says what and where
+    except InputDataError as e:  # missing or bad input data: the message says what and where
         print(f"pamnet-fast: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

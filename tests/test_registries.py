@@ -71,3 +71,13 @@ def test_registered_dataset_round_trips_through_meta():
     finally:
         datasets.DATASETS.pop("toy_test")
         datasets._TARGETS.pop("toy_test")
+
+
+@pytest.mark.parametrize("model,dataset,words", [("physchem", "esol", "esol_delaney_si.txt"),
+                                                  ("pamnet", "rna_decoys", "RNA-Puzzles natives"),
+                                                  ("pamnet", "pdbbind", "licensed")])
+def test_cli_missing_root_is_a_clear_error(capsys, model, dataset, words):
+    from pamnet_fast import cli
+    assert cli.main(["train", "--model", model, "--dataset", dataset, "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pamnet-fast: error:") and "--root" in err and words in err

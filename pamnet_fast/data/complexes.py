@@ -32,6 +32,8 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .errors import InputDataError
+
 FEATURE_NAMES = ("B", "C", "N", "O", "P", "S", "Se", "halogen", "metal", "hyb", "heavydegree",
                  "heterodegree", "partialcharge", "hydrophobic", "aromatic", "acceptor", "donor", "ring")
 NUM_FEATURES = len(FEATURE_NAMES)  # 18
@@ -55,7 +57,7 @@ AMINO_ACIDS = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN"
 WATERS = {"HOH", "WAT", "H2O", "DOD", "TIP", "TIP3", "SOL"}
 
 
-class ComplexError(ValueError):
+class ComplexError(InputDataError):
     """A receptor or ligand file that cannot be used (unreadable, empty, or not matching)."""
 
 

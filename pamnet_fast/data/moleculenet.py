@@ -28,6 +28,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .cache import default_cache_dir, files_fingerprint
+from .errors import InputDataError
 from .molgraphs import MolGraphDataset, build_graphs, graphs_meta
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def find_file(name: str, root) -> Path:
     if name not in SPECS:
         raise ValueError(f"unknown MoleculeNet dataset {name!r}; valid: {', '.join(SPECS)}")
     if root is None:
-        raise ValueError(f"dataset {name!r} needs --root: the path of {SPECS[name][0][0]} (or a directory "
+        raise InputDataError(f"dataset {name!r} needs --root: the path of {SPECS[name][0][0]} (or a directory "
                          f"holding it); see pamnet_fast.data.moleculenet for where to get it")
     p = Path(root).expanduser()
     if p.is_file():

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .cache import default_cache_dir, files_fingerprint, key_hash, load_or_build
+from .errors import InputDataError
 from .complexes import ComplexError, ReceptorFeatures, complex_data, find_file, read_ligands, read_protein
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ LIGAND_SUFFIXES = ("_ligand.mol2", "_ligand.sdf")
 RECEPTOR_SUFFIXES = ("_pocket.pdb", "_protein.pdb", "_protein.cif")
 
 
-class PDBbindError(ValueError):
+class PDBbindError(InputDataError):
     """The directory given as the PDBbind root is missing something the loader needs."""
 
 

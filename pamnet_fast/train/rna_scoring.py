@@ -31,7 +31,8 @@ def rna_decoy_task(root: Optional[str], split_seed: int = 42, limit: Optional[in
     from ..data.rna_decoys import RNADecoys, leave_puzzles_out
     from .datasets import TaskData, subsets
     if root is None:
-        raise ValueError("dataset rna_decoys needs --root: the directory of the RNA-Puzzles natives in TU "
+        from ..data.errors import InputDataError
+        raise InputDataError("dataset rna_decoys needs --root: the directory of the RNA-Puzzles natives in TU "
                          "format (e.g. ../shared/data/rna_puzzles_native)")
     n = decoys_per_native if limit is None else int(limit)
     ds = RNADecoys(root, n, seed=0, cache_dir=cache_dir, verbose=verbose)
