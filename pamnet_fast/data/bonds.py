@@ -114,27 +114,29 @@ def _rdkit_bonds(z: Sequence[int], pos: np.ndarray) -> np.ndarray:
     return b
 
 
+def skeleton_mol(z: Sequence[int], pairs: np.ndarray):
+    """Element-labelled, bond-order-free RDKit molecule with one single bond per column ``(i, j)`` of
+    ``pairs [2, B]`` (each undirected bond once), for matching atom orders by substructure search."""
+    from rdkit import Chem
+    rw = Chem.RWMol()
+    for a in z:
+        at = Chem.Atom(int(a))
+        at.SetNoImplicit(True)
+        rw.AddAtom(at)
+    for i, j in np.asarray(pairs).T:
+        rw.AddBond(int(i), int(j), Chem.BondType.SINGLE)
+    m = rw.GetMol()
+    m.UpdatePropertyCache(strict=False)
+    return m
+
+
 def _map_smiles_onto_geometry(z, pos, sz, sb) -> Optional[np.ndarray]:
     """Map the SMILES graph onto the atoms of the geometry by a substructure match into a loose
     distance graph; returns the SMILES bonds in geometry atom indices, or None."""
-    from rdkit import Chem
     if sorted(sz) != sorted(int(a) for a in z):
         return None
     loose = distance_bonds(z, pos, scale=1.35)
-
-    def mol(zz, bb):
-        rw = Chem.RWMol()
-        for a in zz:
-            at = Chem.Atom(int(a))
-            at.SetNoImplicit(True)
-            rw.AddAtom(at)
-        for i, j in bb.T:
-            rw.AddBond(int(i), int(j), Chem.BondType.SINGLE)
-        m = rw.GetMol()
-        m.UpdatePropertyCache(strict=False)
-        return m
-
-    target, query = mol(z, loose), mol(sz, sb)
+    target, query = skeleton_mol(z, loose), skeleton_mol(sz, sb)
     match = target.GetSubstructMatch(query)
     if not match:
         return None

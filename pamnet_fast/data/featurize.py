@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from .bonds import skeleton_mol
+
 ELEMENTS = ("B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I", "At")
 NUM_ATOM_FEATURES = 34
 NUM_BOND_FEATURES = 10
@@ -130,22 +132,6 @@ def etkdg_conformer(smiles: str, seed: int = 0) -> Optional[np.ndarray]:
     return np.asarray(mh.GetConformer().GetPositions()[:n], dtype=np.float32)
 
 
-def skeleton_mol(z, bonds):
-    """Element-labelled, bond-order-free RDKit molecule of a graph (for matching atom orders)."""
-    from rdkit import Chem
-    rw = Chem.RWMol()
-    for a in z:
-        at = Chem.Atom(int(a))
-        at.SetNoImplicit(True)
-        rw.AddAtom(at)
-    for i, j in np.asarray(bonds).T:
-        if int(i) < int(j):
-            rw.AddBond(int(i), int(j), Chem.BondType.SINGLE)
-    m = rw.GetMol()
-    m.UpdatePropertyCache(strict=False)
-    return m
-
-
 def map_smiles_to_geometry(smiles: str, z, edge_index) -> Optional[np.ndarray]:
     """Geometry atom index of each heavy atom of :func:`mol_from_smiles` (``[n_heavy]``), found by
     matching the SMILES graph with explicit hydrogens onto the geometry's bond graph (``z``,
@@ -164,7 +150,8 @@ def map_smiles_to_geometry(smiles: str, z, edge_index) -> Optional[np.ndarray]:
     ei = np.asarray(edge_index)
     if sb.shape[1] * 2 != ei.shape[1]:
         return None
-    match = skeleton_mol(z, ei).GetSubstructMatch(skeleton_mol(sz, sb))
+    # sb is already one (i < j) column per bond; ei holds both directions, keep i < j in its order
+    match = skeleton_mol(z, ei[:, ei[0] < ei[1]]).GetSubstructMatch(skeleton_mol(sz, sb))
     if not match:
         return None
     return np.asarray(match[:mol.GetNumAtoms()], dtype=np.int64)

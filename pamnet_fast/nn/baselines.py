@@ -23,10 +23,12 @@ import contextlib
 import os
 import pickle
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+
+from .config_dict import config_from_dict
 
 __all__ = ["SchNetConfig", "SchNetBaseline", "DimeNetPlusPlusConfig", "DimeNetPlusPlusBaseline"]
 
@@ -39,11 +41,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, d: dict):
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"{cls.__name__}.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     @classmethod
     def qm9(cls, **kw):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -25,6 +25,7 @@ from .. import ops
 from ..ops.reference import pair_distance
 from .basis import BesselBasis, SphericalBasis
 from .fusion import AttentionFusion, readout
+from .config_dict import config_from_dict
 from .dense import MLP, Linear
 from .global_mp import GlobalMessagePassing
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
@@ -69,14 +70,10 @@ class PAMNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PAMNetConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"PAMNetConfig.from_dict: unknown fields {sorted(unknown)}")
         kw = dict(d)
         if "atom_types" in kw:
             kw["atom_types"] = tuple(kw["atom_types"])
-        return cls(**kw)
+        return config_from_dict(cls, kw)
 
     @classmethod
     def qm9(cls, **kw) -> "PAMNetConfig":

@@ -6,7 +6,6 @@ QM9), ``build(config, dataset)`` makes the module. New models register with :fun
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -59,11 +58,8 @@ def dataclass_from_dict(cls, d: dict):
     """``cls(**d)`` for a config dataclass, lists turned back into tuples; unknown keys are an error."""
     if hasattr(cls, "from_dict"):
         return cls.from_dict(d)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown config fields {sorted(unknown)}")
-    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+    from ..nn.config_dict import config_from_dict
+    return config_from_dict(cls, {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 
 # ----------------------------------------------------------------------------- built-in models

@@ -1,8 +1,10 @@
 """Hyper-parameters of PhysChem and its presets (the authors' per-dataset configurations)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Optional
+
+from ..config_dict import config_from_dict
 
 MODES = ("physchem", "physchem-rdkit", "physnet", "chemnet", "chemnet-rdkit", "chemnet-real")
 """Training modes. ``physchem``: conformations learned by PhysNet, supervised by ``data.pos`` (the real
@@ -75,11 +77,7 @@ class PhysChemConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhysChemConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"PhysChemConfig.from_dict: unknown fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     # ------------------------------------------------------------------ presets (authors' train/config.py)
     @classmethod
