@@ -302,8 +302,11 @@ def cmd_train(args) -> int:
     trainer = Trainer(model, task.train, task.val, task.test, cfg, out_dir=out, model_name=args.model,
                       time_origin=t_ready, meta=task.meta)
     res = trainer.fit(resume=args.resume)
-    if info.rank == 0 and hasattr(model, "predict_conformations") and task.test is not None:
-        _write_physchem_outputs(out, out, task, "test", device, trainer.cfg.eval_batch_size)
+    # PhysChem modes that learn conformations (ChemNet-only modes do not): write them for the test set
+    if info.rank == 0 and getattr(model, "learned", False) and task.test is not None:
+        final, st, _ = load_trained(str(out), device)
+        rows = _infer(final, task.test, st, device, trainer.cfg.eval_batch_size)
+        _write_physchem_outputs(final, st, rows, out, task, "test", device, trainer.cfg.eval_batch_size)
     if info.rank == 0:
         u = task.unit
         base = res.get("test_mae_element_baseline")
@@ -318,13 +321,10 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _write_physchem_outputs(checkpoint, out_dir, task, split: str, device: str, batch_size: int) -> None:
-    """PhysChem: the learned conformations (SDF), their errors (CSV, PNG) of the split's molecules."""
+def _write_physchem_outputs(model, st, rows, out_dir, task, split: str, device: str, batch_size: int) -> None:
+    """PhysChem: the learned conformations (SDF), their errors (CSV, PNG) of the split's molecules;
+    ``rows``: the split's property predictions (:func:`_infer`) of the trained ``model``."""
     from .train.physchem_tasks import write_physchem_outputs
-    model, st, _ = load_trained(str(checkpoint), device)
-    if not getattr(model, "learned", False):  # the ChemNet-only modes learn no conformation
-        return
-    rows = _infer(model, task.split(split), st, device, batch_size)
     print(write_physchem_outputs(model, task.split(split), task.full, rows,
                                  Path(out_dir) / f"{split}_conformations", device, batch_size))
 
@@ -429,8 +429,9 @@ def cmd_predict(args) -> int:
             for (i, y, p) in rows:
                 cols = list(info(i).values()) if extra else []
                 w.writerow([i] + cols + [repr(y[0]), repr(p[0]), repr(abs(y[0] - p[0]))])
-        if hasattr(model, "predict_conformations"):
-            _write_physchem_outputs(f, Path(outp).parent, task, args.split, device, _eval_batch(args, st))
+        if getattr(model, "learned", False):  # PhysChem modes that learn conformations
+            _write_physchem_outputs(model, st, rows, Path(outp).parent, task, args.split, device,
+                                    _eval_batch(args, st))
     print(f"wrote {len(rows)} predictions to {outp}")
     return 0
 
