@@ -8,10 +8,9 @@ see results/rna_scoring/README.md).
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 STRUCTURE_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 
@@ -69,19 +68,13 @@ def score_structures(model, st, structures, device: str = "cpu", batch_size: int
 
 
 def _atomic_csv(path: Path, header, rows) -> None:
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(header)
-            w.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .data.cache import atomic_write
+
+    def write(fh):
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    atomic_write(path, write)
 
 
 def cmd_score(args) -> int:

@@ -49,8 +49,10 @@ def tensors_checksum(tensors: dict) -> str:
     return h.hexdigest()
 
 
-def atomic_torch_save(obj, path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then os.replace (atomic on POSIX)."""
+def atomic_write(path, write: Callable, mode: str = "w") -> None:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file in the same directory (opened with
+    ``mode``; text mode with ``newline=""``, as the csv module wants), which is fsynced and renamed onto
+    ``path`` (atomic on POSIX). On any error the temp file is removed and an old ``path`` is intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -58,8 +60,8 @@ def atomic_torch_save(obj, path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; use the normal file mode
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,6 +75,11 @@ def atomic_torch_save(obj, path) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 @contextlib.contextmanager

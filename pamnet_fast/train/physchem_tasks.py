@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..data.cache import atomic_write
 from .datasets import TaskData, _cut, random_split, register_dataset, subsets
 
 UNITS = {"esol": "log(mol/L)", "freesolv": "kcal/mol", "lipop": "logD"}
@@ -70,24 +71,9 @@ def register_models(register_model) -> None:
 
 
 # ----------------------------------------------------------------------------- prediction outputs
-def _write_atomic(path, write) -> None:
-    """``write(tmp_path)``, then rename onto ``path`` (a reader never sees a partial file)."""
-    import os
-    from pathlib import Path
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def conformation_records(model, dataset, device: str = "cpu", batch_size: int = 128):
     """Per molecule of ``dataset``: ``(idx, predicted [n, 3], target pos [n, 3], rdkit_pos [n, 3], dl_rs,
     kabsch, dl_rs_rdkit, kabsch_rdkit)``, the metrics against ``pos`` (numpy / floats)."""
-    import torch
     from torch_geometric.loader import DataLoader
     from ..nn.physchem import distance_rmse, kabsch_rmsd
     out = []
@@ -135,7 +121,7 @@ def plot_distance_errors(recs, path, title: str = "") -> None:
     ax[1].legend(loc="upper right")
     fig.suptitle(title)
     fig.tight_layout()
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), "wb")
     plt.close(fig)
 
 
@@ -159,8 +145,8 @@ def write_physchem_outputs(model, dataset, full, rows, stem, device: str = "cpu"
     smiles = full.smiles
     target_names = target_names if target_names is not None else getattr(full, "target_names", None)
 
-    def write_sdf(tmp):
-        w = Chem.SDWriter(str(tmp))
+    def write_sdf(f):
+        w = Chem.SDWriter(f)
         for idx, pred, *_, dl, kb, _, _ in recs:
             mol = mol_from_smiles(smiles[idx])
             conf = Chem.Conformer(mol.GetNumAtoms())
@@ -175,15 +161,14 @@ def write_physchem_outputs(model, dataset, full, rows, stem, device: str = "cpu"
             w.write(mol)
         w.close()
 
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as fh:
-            cw = csv.writer(fh)
-            cw.writerow(["idx", "smiles", "heavy_atoms", "dl_rs", "kabsch_rmsd", "dl_rs_rdkit", "kabsch_rmsd_rdkit"])
-            for idx, pred, _, _, dl, kb, dlr, kbr in recs:
-                cw.writerow([idx, smiles[idx], pred.shape[0], f"{dl:.5f}", f"{kb:.5f}", f"{dlr:.5f}", f"{kbr:.5f}"])
+    def write_csv(f):
+        cw = csv.writer(f)
+        cw.writerow(["idx", "smiles", "heavy_atoms", "dl_rs", "kabsch_rmsd", "dl_rs_rdkit", "kabsch_rmsd_rdkit"])
+        for idx, pred, _, _, dl, kb, dlr, kbr in recs:
+            cw.writerow([idx, smiles[idx], pred.shape[0], f"{dl:.5f}", f"{kb:.5f}", f"{dlr:.5f}", f"{kbr:.5f}"])
 
-    _write_atomic(stem.with_suffix(".sdf"), write_sdf)
-    _write_atomic(stem.with_suffix(".csv"), write_csv)
+    atomic_write(stem.with_suffix(".sdf"), write_sdf)
+    atomic_write(stem.with_suffix(".csv"), write_csv)
     summary = {"molecules": len(recs),
                "dl_rs": float(np.mean([r[4] for r in recs])), "kabsch_rmsd": float(np.mean([r[5] for r in recs])),
                "dl_rs_rdkit": float(np.mean([r[6] for r in recs])),
@@ -200,8 +185,8 @@ def write_physchem_outputs(model, dataset, full, rows, stem, device: str = "cpu"
         plot_distance_errors(recs, stem.with_suffix(".png"), f"{len(recs)} molecules")
     except ImportError:  # matplotlib missing
         pass
-    from .plots import _atomic_write_text
-    _atomic_write_text(stem.with_name(stem.name + "_summary.json"), json.dumps(summary, indent=1))
+    summary_text = json.dumps(summary, indent=1)
+    atomic_write(stem.with_name(stem.name + "_summary.json"), lambda f: f.write(summary_text))
     return (f"conformations of {len(recs)} molecules -> {stem.with_suffix('.sdf')} (+ .csv, .png): DL-RS "
             f"{summary['dl_rs']:.3f} Å, Kabsch-RMSD {summary['kabsch_rmsd']:.3f} Å vs the target conformation "
             f"(RDKit ETKDG: {summary['dl_rs_rdkit']:.3f} Å, {summary['kabsch_rmsd_rdkit']:.3f} Å)")

@@ -3,20 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
 
+from ..data.cache import atomic_write
+
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_metrics(history: List[dict], out_dir, stem: str = "metrics") -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
-from pathlib import Path
 from typing import List
 
 import torch
+
+from ..data.cache import atomic_write
 
 
 def predict_complexes(model, st: dict, complexes: list, device="cpu", batch_size: int = 128) -> torch.Tensor:
@@ -46,18 +45,11 @@ def score_poses(model, st: dict, receptor, ligand, output, device="cpu", batch_s
         rows.append({"pose": k, "name": lig.name, "vina_score": "" if v is None else v,
                      "pocket_atoms": c.num_nodes - n_lig, "ligand_atoms": n_lig,
                      "pred_affinity": float(pred[k])})
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            for r in rows:
-                w.writerow({**r, "pred_affinity": repr(r["pred_affinity"])})
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write_csv(fh):
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "pred_affinity": repr(r["pred_affinity"])})
+    atomic_write(output, write_csv)
     return rows
