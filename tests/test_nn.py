@@ -3,6 +3,7 @@ gradients w.r.t. parameters and positions, float64 and float32, default and refe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -37,7 +38,10 @@ def check_equivalent(model, data, dtype):
     assert bad[worst] <= tol, (worst, bad[worst])
     assert ref_grads["pos"].abs().max() > 0
     # every parameter receives a gradient (with the dipole head, the layers' scalar W_out are unused)
-    used = {n: g for n, g in ref_grads.items() if not (model.dipole_head is not None and "W_out" in n)}
+    # (with the global plex alone, the attention vectors W score nothing)
+    unused = lambda n: ((model.dipole_head is not None and "W_out" in n)
+                        or (not model.config.local_plex and n.endswith(".W")))
+    used = {n: g for n, g in ref_grads.items() if not unused(n)}
     nonzero = sum(int(g is not None and g.abs().max() > 0) for g in used.values())
     assert nonzero == len(used), [n for n, g in used.items() if g is None or g.abs().max() == 0]
 
@@ -72,6 +76,26 @@ def test_fused_matches_reference_rna(compat):
     torch.manual_seed(3)
     model = PAMNet(PAMNetConfig.rna(reference_compat=compat))
     check_equivalent(model, Batch.from_data_list([data]), torch.float64)
+
+
+@pytest.mark.parametrize("preset", ["qm9", "rna"])
+def test_global_plex_alone_matches_reference(preset):
+    """The distance-only ablation (local_plex=False): no local parameters; fused = reference twin; the
+    local plex's geometry (cutoff_l) no longer changes the output."""
+    if preset == "qm9":
+        cfg, data = PAMNetConfig.qm9(dim=32, n_layer=2, local_plex=False), random_batch([9, 14, 6], seed=1)
+    else:
+        cfg, data = PAMNetConfig.rna(local_plex=False), Batch.from_data_list([rna_structure(6, max_atoms=320)])
+    torch.manual_seed(5)
+    model = PAMNet(cfg)
+    assert not [n for n, _ in model.named_parameters() if "local" in n or "sbf" in n or "rbf_l" in n]
+    check_equivalent(model, data, torch.float64)
+    other = PAMNet(replace(cfg, cutoff_l=1.0, local_graph="radius")).double()
+    other.load_state_dict(model.state_dict())
+    data.pos = data.pos.double()
+    torch.testing.assert_close(other(data), model(data), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="local_plex"):
+        PAMNet(replace(cfg, target="mu"))
 
 
 def test_rna_radius_global_and_pamnet_s():

@@ -17,7 +17,8 @@ class AttentionFusion(nn.Module):
         \qquad y_i = \sum_{t=1}^{T} \sum_{p \in \{g, l\}} \alpha^t_{p,i}\, o^t_{p,i}
 
     Inputs: lists over layers of ``out [N, out_dim]`` and ``score [N, 1]`` per plex. Returns
-    ``(y [N, out_dim], alpha [T, N, 2])`` (plex order: global, local).
+    ``(y [N, out_dim], alpha [T, N, 2])`` (plex order: global, local). With ``out_l`` empty (the
+    global plex alone) every weight is 1 and ``alpha`` is ``[T, N, 1]``.
     """
 
     def __init__(self, negative_slope: float = 0.2):
@@ -29,6 +30,9 @@ class AttentionFusion(nn.Module):
 
     def forward(self, out_g: List[Tensor], out_l: List[Tensor], att_g: List[Tensor],
                 att_l: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        if not out_l:
+            out_g = torch.stack(out_g)
+            return out_g.sum(dim=0), out_g.new_ones(out_g.shape[:2] + (1,))
         score = torch.cat([torch.stack(att_g), torch.stack(att_l)], dim=-1)  # [T, N, 2]
         alpha = torch.softmax(F.leaky_relu(score, self.negative_slope), dim=-1)
         out = torch.stack(out_g) * alpha[..., :1] + torch.stack(out_l) * alpha[..., 1:]

@@ -41,6 +41,8 @@ class PAMNetConfig:
     ``[N, in_features]`` through a bias-free Linear instead. ``target="mu"`` adds the equivariant
     dipole head (the model then outputs :math:`|\\mu|`). ``reference_compat``: reproduce the authors'
     code where it differs from the paper (see :mod:`pamnet_fast.nn.basis` and :func:`build_graphs`).
+    ``local_plex=False``: the global plex alone (distance messages only, no angles; every fusion
+    weight is 1) — the ablation that shows what the local plex and its angles add.
     """
     dim: int = 128
     n_layer: int = 6
@@ -61,6 +63,7 @@ class PAMNetConfig:
     dipole_charges: bool = True
     reference_compat: bool = False
     max_num_neighbors: Optional[int] = None
+    local_plex: bool = True
 
     def to_dict(self) -> dict:
         """Plain-JSON form (for checkpoints); inverse of :meth:`from_dict`."""
@@ -255,20 +258,24 @@ class _PAMNetBase(nn.Module):
             index[torch.tensor(cfg.atom_types)] = torch.arange(len(cfg.atom_types))
             self.register_buffer("atom_index", index, persistent=False)
         self.rbf_g = BesselBasis(cfg.num_radial, cfg.cutoff_g, cfg.envelope_exponent, compat)
-        self.rbf_l = BesselBasis(cfg.num_radial, cfg.cutoff_l, cfg.envelope_exponent, compat)
-        self.sbf = SphericalBasis(cfg.num_spherical, cfg.num_spherical_radial, cfg.cutoff_l,
-                                  cfg.envelope_exponent, compat)
-        n_sbf = cfg.num_spherical * cfg.num_spherical_radial
         self.mlp_rbf_g = MLP([cfg.num_radial, d])
-        self.mlp_rbf_l = MLP([cfg.num_radial, d])
-        self._make_sbf_mlps(n_sbf, d)
         self.global_layer = nn.ModuleList([GlobalMessagePassing(d, cfg.out_dim) for _ in range(cfg.n_layer)])
-        self.local_layer = nn.ModuleList([self.local_cls(d, cfg.out_dim) for _ in range(cfg.n_layer)])
+        self.local_layer = nn.ModuleList()
+        if cfg.local_plex:
+            self.rbf_l = BesselBasis(cfg.num_radial, cfg.cutoff_l, cfg.envelope_exponent, compat)
+            self.sbf = SphericalBasis(cfg.num_spherical, cfg.num_spherical_radial, cfg.cutoff_l,
+                                      cfg.envelope_exponent, compat)
+            self.mlp_rbf_l = MLP([cfg.num_radial, d])
+            self._make_sbf_mlps(cfg.num_spherical * cfg.num_spherical_radial, d)
+            self.local_layer.extend(self.local_cls(d, cfg.out_dim) for _ in range(cfg.n_layer))
         self.fusion = AttentionFusion(0.2)
         self._max_memory: Optional[int] = None
         self._stream_block_items: Optional[int] = None
         self.dipole_head = None
         if cfg.target == "mu":
+            if not cfg.local_plex:
+                raise ValueError("the dipole head (target='mu') needs the local plex; local_plex=False "
+                                 "is not supported with it")
             from .heads import DipoleHead
             self.dipole_head = DipoleHead(d, charges=cfg.dipole_charges)
         self.reset_parameters()
@@ -351,18 +358,22 @@ class _PAMNetBase(nn.Module):
         g = graphs if graphs is not None else self.build_graphs(data)
         # Symmetric plexes: edge terms once per unordered pair, shared by both directions.
         dist_g = g.dist_g if g.pair_g is None else g.dist_g.index_select(0, g.pair_g)
-        dist_l = g.dist_l if g.pair_l is None else g.dist_l.index_select(0, g.pair_l)
         rbf_g = self.mlp_rbf_g(self.rbf_g(dist_g))
-        rbf_l = self.mlp_rbf_l(self.rbf_l(dist_l))
-        sbf = self._sbf(pos, g)
+        rbf_l = None
+        if self.config.local_plex:
+            dist_l = g.dist_l if g.pair_l is None else g.dist_l.index_select(0, g.pair_l)
+            rbf_l = self.mlp_rbf_l(self.rbf_l(dist_l))
+            sbf = self._sbf(pos, g)
         outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
         src_g = g.edge_index_g[0]
-        for glob, loc in zip(self.global_layer, self.local_layer):
+        for t, glob in enumerate(self.global_layer):
             x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g, g.edge_row_g)
             outs_g.append(o), atts_g.append(a)
             if keep_features:
                 z_g.append(z)
-            x, o, a, z = self._local(loc, x, rbf_l, sbf, g)
+            if not self.config.local_plex:
+                continue
+            x, o, a, z = self._local(self.local_layer[t], x, rbf_l, sbf, g)
             outs_l.append(o), atts_l.append(a)
             if keep_features:
                 z_l.append(z)

@@ -179,9 +179,16 @@ def reference_encode(model, data):
     eg, el = reference_graphs(cfg, pos, batch, getattr(data, "edge_index", None))
     dist_g = ref_ops.pair_distance(pos[eg[1]], pos[eg[0]])
     dist_l = ref_ops.pair_distance(pos[el[1]], pos[el[0]])
+    rbf_g = model.mlp_rbf_g(reference_rbf(model.rbf_g, dist_g))
+    if not cfg.local_plex:  # the global plex alone: every fusion weight is 1
+        node_out, zs = 0, {"g": [], "l": []}
+        for glob in model.global_layer:
+            x, o, _, z = reference_global(glob, x, rbf_g, eg)
+            node_out, _ = node_out + o, zs["g"].append(z)
+        return dict(node_out=node_out, alpha=[], z=zs, rbf_g=rbf_g, rbf_l=None, eg=eg, el=el,
+                    pos=pos, batch=batch, num_graphs=num_graphs)
     kj, ji, j2i, ji1 = reference_triplets(el, cfg.reference_compat)
     two, one = reference_angles(pos, el, kj, ji, j2i, ji1, cfg.reference_compat)
-    rbf_g = model.mlp_rbf_g(reference_rbf(model.rbf_g, dist_g))
     rbf_l = model.mlp_rbf_l(reference_rbf(model.rbf_l, dist_l))
     small = isinstance(model, PAMNetS)
     if small:

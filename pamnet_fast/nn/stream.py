@@ -184,6 +184,9 @@ def check_streamable(model) -> None:
                          "global_graph='knn' (the authors' kNN list, self counted among the k, from "
                          "which the local plex is also cut, is built whole); use "
                          "reference_compat=False or max_memory=None")
+    if not cfg.local_plex:
+        raise ValueError("streaming (max_memory) does not support local_plex=False (the global plex "
+                         "alone); use max_memory=None")
     if getattr(model, "dipole_head", None) is not None:
         raise ValueError("streaming (max_memory) does not support the dipole head (it needs every "
                          "global edge at once); use max_memory=None")
