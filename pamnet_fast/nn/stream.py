@@ -222,15 +222,16 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     streamed in blocks under ``max_memory`` bytes. Returns a :class:`~.pamnet.PAMNetState` whose
     ``rbf_g`` is ``None`` and whose graphs have no global fields."""
     from .local_mp import propagate
-    from .pamnet import PAMNetState, _batch_of, build_graphs
+    from .graphs import batch_of, build_graphs
+    from .pamnet import PAMNetState
 
     check_streamable(model)
     cfg = model.config
     pos = data.pos
     x = model.embed(data)
-    batch, num_graphs = _batch_of(data, x.size(0), x.device)
+    batch, num_graphs = batch_of(data, x.size(0), x.device)
     g = build_graphs(cfg, pos, getattr(data, "batch", None), getattr(data, "edge_index", None),
-                     global_plex=False)
+                     global_plex=False, num_graphs=num_graphs)
     grad = torch.is_grad_enabled() and (pos.requires_grad or any(p.requires_grad for p in model.parameters()))
     k = cfg.knn_k if cfg.global_graph == "knn" else None
     neighbors = BlockNeighbors(pos, cfg.cutoff_g, getattr(data, "batch", None), k=k,
