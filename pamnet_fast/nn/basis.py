@@ -134,10 +134,17 @@ class SphericalBasis(nn.Module):
         self.cutoff = float(cutoff)
         self.envelope_exponent = envelope_exponent
         self.reference_compat = reference_compat
+        # float64 Bessel zeros kept on the module's device (not a buffer: .float() must not round them)
+        self.zeros = ops.spherical_bessel_zeros(num_spherical, num_radial)
 
     @property
     def p(self) -> int:
         return self.envelope_exponent if self.reference_compat else self.envelope_exponent + 1
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.zeros = self.zeros.to(fn(self.zeros).device)  # follow device moves, stay float64
+        return self
 
     def reset_parameters(self):
         pass
@@ -148,7 +155,9 @@ class SphericalBasis(nn.Module):
                                           self.num_radial, self.p, index)
         if index is not None:
             dist = dist.index_select(0, index)
-        return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p)
+        zeros = self.zeros if self.zeros.device == dist.device else None
+        return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p,
+                                   zeros=zeros)
 
     def extra_repr(self) -> str:
         return (f"num_spherical={self.num_spherical}, num_radial={self.num_radial}, "
