@@ -159,6 +159,19 @@ def bond_graph(bonds: Tensor, num_nodes: int
     return edge_index, csr_pointer(edge_index[1], num_nodes), pairs
 
 
+def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
+    """Position of edge ``dst -> src`` for each edge ``src -> dst`` (any order); ``ValueError`` if
+    one is missing (one host read)."""
+    key = dst * num_nodes + src
+    order = torch.argsort(key)
+    want = src * num_nodes + dst
+    pos = torch.searchsorted(key.index_select(0, order), want).clamp(max=max(0, key.numel() - 1))
+    rev = order.index_select(0, pos) if key.numel() else pos
+    if key.numel() and not bool((key.index_select(0, rev) == want).all()):
+        raise ValueError("the edge list must be symmetric (every edge in both directions)")
+    return rev
+
+
 def batch_of(data, num_nodes: int, device) -> Tuple[Tensor, int]:
     """``(batch [N], num_graphs)`` of a PyG ``Data``/``Batch`` (one graph without ``batch``). Reads
     ``batch.max()`` from the device only when ``data.num_graphs`` is not a Python int."""
