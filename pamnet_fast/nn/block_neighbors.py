@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..ops.geometry import pair_distance, squared_distance
+from .graphs import csr_pointer
 
 # Cells are r / 2 wide: the 125 offsets (-2 .. 2)^3 cover every ball of radius r, with 15.6 r^3 of
 # candidate volume per target (27 r^3 with cells r wide) for the 4.2 r^3 of the ball.
@@ -191,5 +192,5 @@ class BlockNeighbors:
 
     @staticmethod
     def _ptr(local_dst: Tensor, n: int) -> Tensor:
-        counts = torch.bincount(local_dst, minlength=n)
-        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        """CSR pointer of the sorted local targets (:func:`pamnet_fast.nn.graphs.csr_pointer`)."""
+        return csr_pointer(local_dst, n)
