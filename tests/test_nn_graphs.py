@@ -106,7 +106,9 @@ def test_forward_with_prebuilt_graphs_equals_forward():
              (PAMNetS(PAMNetConfig.rna(knn=False, cutoff_g=6.0)), rna)]
     for model, d in cases:
         model = model.double()
-        g = model.build_graphs(d)
+        with HostSyncCounter() as counter:
+            g = model.build_graphs(d)
+        assert counter.syncs == ["tolist"], counter.syncs  # input check + sizes: one read
         assert g.num_graphs == (d.num_graphs if hasattr(d, "num_graphs") else 1)
         assert torch.equal(model(d, g), model(d))
         assert torch.equal(model.encode(d, g).node_out, model.encode(d).node_out)
@@ -123,6 +125,17 @@ def test_bad_atomic_numbers_name_the_problem():
     data.z[3] = 200
     with pytest.raises(ValueError, match=r"atomic numbers \[200\]"):
         model(data)
+    # the check rides on the kNN cut's read, or is read alone for radius plexes
+    rna = rna_structure(6, max_atoms=60)
+    rna.z[5] = 9
+    for cfg in (PAMNetConfig.rna(reference_compat=True, knn_k=8), PAMNetConfig.rna(knn=False)):
+        with pytest.raises(ValueError, match=r"atomic numbers \[9\] have no embedding row"):
+            PAMNet(cfg).build_graphs(rna)
+    data.x = torch.zeros(data.num_nodes, dtype=torch.long)
+    data.x[0] = 7
+    del data.z
+    with pytest.raises(ValueError, match=r"data.x holds embedding rows outside \[0, 5\)"):
+        model.build_graphs(data)
 
 
 def test_batch_of_single_graph_and_batch():
@@ -155,8 +168,8 @@ def test_forward_is_sync_free_on_qm9(qm9_batch, name):
     model = {"PAMNet": PAMNet, "PAMNetS": PAMNetS}[name](PAMNetConfig.qm9())
     with HostSyncCounter() as counter:
         graphs = model.build_graphs(qm9_batch)
-    # the atom-type check and the bond list (self-loops dropped, symmetry) read the device once each
-    assert counter.syncs == ["bool", "tolist"], counter.syncs
+    # one read: the atom-type check with the bond list's sizes (self-loops dropped, symmetry)
+    assert counter.syncs == ["tolist"], counter.syncs
     with torch.no_grad():
         model(qm9_batch, graphs)  # warm-up (first-call caches)
         with HostSyncCounter() as counter:

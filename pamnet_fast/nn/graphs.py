@@ -13,7 +13,7 @@ sorted by target, then source; ``ptr [N + 1]`` is the CSR pointer over targets.
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -43,8 +43,24 @@ class Graphs(NamedTuple):
     num_graphs: Optional[int] = None
 
 
+class InputCheck(NamedTuple):
+    """A validity check of the inputs done on the device, read from the host together with the
+    graph sizes (no extra synchronization): ``ok`` a 0-dim boolean tensor, ``fail()`` raises the
+    error that names the problem (it may read more from the device: only when it fails)."""
+    ok: Tensor
+    fail: Callable[[], None]
+
+
+def _raise_failed(checks: Sequence[InputCheck], values: Sequence[int]) -> None:
+    for check, ok in zip(checks, values):
+        if not ok:
+            check.fail()
+            raise ValueError("an input check failed")  # fail() raises its own message first
+
+
 def read_counts(*counts: Tensor) -> List[int]:
     """The values of 0-dim integer tensors, read from the device in ONE host synchronization."""
+    counts = [c.ok if isinstance(c, InputCheck) else c for c in counts]
     return torch.stack([c.reshape(()).long() for c in counts]).tolist()
 
 
@@ -142,18 +158,20 @@ def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
     return _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if ok else None
 
 
-def bond_graph(bonds: Tensor, num_nodes: int
+def bond_graph(bonds: Tensor, num_nodes: int, flags: Sequence[Tensor] = ()
                ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """A bond list (any order, both directions, maybe with self-loops) as a plex: ``(edge_index
     [2, E], ptr [N + 1], pair_rows or None)``, self-loops dropped, sorted by target then source;
-    ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it."""
+    ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it
+    (``flags``: 0-dim boolean tensors checked in the same read, see :class:`InputCheck`)."""
     bonds = bonds.long()
     src, dst = bonds[0], bonds[1]
     keep = src != dst
     key = dst * num_nodes + src
     edge_index = _compact_sorted(bonds, keep, key, bonds.size(1))  # all, self-loops last
     symmetric, num_pairs = _symmetry_counts(edge_index, num_nodes, loops_last=True)
-    count, symmetric, num_pairs = read_counts(keep.sum(), symmetric, num_pairs)
+    count, symmetric, num_pairs, *ok = read_counts(keep.sum(), symmetric, num_pairs, *flags)
+    _raise_failed(flags, ok)
     edge_index = edge_index[:, :count]
     pairs = _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if symmetric and count else None
     return edge_index, csr_pointer(edge_index[1], num_nodes), pairs
@@ -184,7 +202,7 @@ def batch_of(data, num_nodes: int, device) -> Tuple[Tensor, int]:
     return batch.long(), num_graphs
 
 
-def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int):
+def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int, flags: Sequence[Tensor] = ()):
     """The authors' RNA plexes from one ``knn(pos, pos, k)`` list (each atom among its own k, then
     dropped): global = the list cut at ``cutoff_g`` (already target-sorted), local = the list cut at
     ``cutoff_l`` and transposed, re-sorted. One host read for both sizes."""
@@ -193,7 +211,8 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int):
     d = edge_distance(pos, knn)
     not_loop = src != dst
     keep_g, keep_l = not_loop & (d <= cfg.cutoff_g), not_loop & (d <= cfg.cutoff_l)
-    count_g, count_l = read_counts(keep_g.sum(), keep_l.sum())
+    count_g, count_l, *ok = read_counts(keep_g.sum(), keep_l.sum(), *flags)
+    _raise_failed(flags, ok)
     position = torch.arange(knn.size(1), device=pos.device)
     ei_g = _compact_sorted(knn, keep_g, position, count_g)
     ei_l = _compact_sorted(knn.flip(0), keep_l, src * num_nodes + dst, count_l)
@@ -201,7 +220,8 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int):
 
 
 def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
-                 global_plex: bool = True, num_graphs: Optional[int] = None) -> Graphs:
+                 global_plex: bool = True, num_graphs: Optional[int] = None,
+                 checks: Sequence[InputCheck] = ()) -> Graphs:
     """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
     (graphs never interact).
 
@@ -216,7 +236,9 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     neighbour``); one-hop triplets include each edge paired with itself. ``global_plex=False``: the
     global fields are ``None`` (the streamed path, :mod:`pamnet_fast.nn.stream`, builds it per block;
     not with ``reference_compat`` + kNN). ``num_graphs``: stored with ``batch`` in the result
-    (``batch.max() + 1`` is read from the device when not given).
+    (``batch.max() + 1`` is read from the device when not given). ``checks``: input checks
+    (:class:`InputCheck`) read in the same host read as the graph sizes (or alone, when no size
+    needs reading: radius plexes).
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -228,8 +250,13 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
         raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
     if cfg.local_graph == "bonds" and bonds is None:
         raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
+    # the input checks ride on the one read that sizes an edge list (or are read alone)
+    bond_checks = tuple(checks) if cfg.local_graph == "bonds" else ()
+    knn_checks = tuple(checks) if compat_knn and not bond_checks else ()
+    if checks and not bond_checks and not knn_checks:
+        _raise_failed(checks, read_counts(*checks))
     if compat_knn:
-        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n)
+        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, knn_checks)
     if not global_plex:
         ei_g = ptr_g = None
     elif compat_knn:
@@ -244,7 +271,7 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
                if global_plex and cfg.global_graph == "radius" else None)
 
     if cfg.local_graph == "bonds":
-        ei_l, ptr_l, pairs_l = bond_graph(bonds, n)
+        ei_l, ptr_l, pairs_l = bond_graph(bonds, n, bond_checks)
     elif compat_knn:
         ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
     else:

@@ -27,7 +27,7 @@ from .fusion import AttentionFusion, readout
 from .config_dict import config_from_dict
 from .dense import MLP, Linear
 from .global_mp import GlobalMessagePassing
-from .graphs import Graphs, batch_of, build_graphs, pair_rows, sort_edges  # noqa: F401  (re-exported)
+from .graphs import Graphs, InputCheck, batch_of, build_graphs, pair_rows, sort_edges  # noqa: F401
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 
 
@@ -160,25 +160,35 @@ class _PAMNetBase(nn.Module):
                 self.embeddings.uniform_(-math.sqrt(3), math.sqrt(3))
 
     # -- inputs ---------------------------------------------------------------------------------
-    def check_inputs(self, data) -> None:
-        """``ValueError`` naming the atomic numbers (``data.z``) without an embedding row, or the
-        integer ``data.x`` rows out of range. One host read; :meth:`build_graphs` calls it, so the
-        forward given the graphs does not (it stays free of host synchronizations)."""
+    def input_check(self, data) -> Optional[InputCheck]:
+        """The check of ``data.z`` (atomic numbers with an embedding row) or of an integer ``data.x``
+        (rows in range) as a device-side flag with its error (:class:`~.graphs.InputCheck`), or
+        ``None`` (float features). :meth:`build_graphs` reads it with the graph sizes."""
         if self.config.in_features:
-            return
+            return None
         z = getattr(data, "z", None)
         if z is not None:
             z = z.long()
             known = (z >= 0) & (z < self.atom_index.numel())
             rows = self.atom_index[z.clamp(0, self.atom_index.numel() - 1)]
-            if not bool((known & (rows >= 0)).all()):
-                bad = torch.unique(z[~known | (rows < 0)]).tolist()
-                raise ValueError(f"atomic numbers {bad[:8]} have no embedding row (atom_types="
-                                 f"{tuple(self.config.atom_types)})")
-        else:
-            rows = data.x.view(-1).long()
-            if rows.numel() and not bool(((rows >= 0) & (rows < self.embeddings.size(0))).all()):
-                raise ValueError(f"data.x holds embedding rows outside [0, {self.embeddings.size(0)})")
+            bad = ~known | (rows < 0)
+
+            def fail():
+                raise ValueError(f"atomic numbers {torch.unique(z[bad]).tolist()[:8]} have no embedding "
+                                 f"row (atom_types={tuple(self.config.atom_types)})")
+            return InputCheck(~bad.any(), fail)
+        rows = data.x.view(-1).long()
+
+        def fail_rows():
+            raise ValueError(f"data.x holds embedding rows outside [0, {self.embeddings.size(0)})")
+        return InputCheck(((rows >= 0) & (rows < self.embeddings.size(0))).all(), fail_rows)
+
+    def check_inputs(self, data) -> None:
+        """``ValueError`` naming the atomic numbers (``data.z``) without an embedding row, or the
+        integer ``data.x`` rows out of range (one host read)."""
+        check = self.input_check(data)
+        if check is not None and not bool(check.ok):
+            check.fail()
 
     def node_input(self, data) -> Tensor:
         """What the embedding reads, without checks: float ``data.x [N, in_features]``, or the
@@ -206,13 +216,14 @@ class _PAMNetBase(nn.Module):
         """The plexes, triplets and batch vector of ``data`` (:func:`pamnet_fast.nn.graphs.build_graphs`),
         after checking the inputs (:meth:`check_inputs`). ``model(data, model.build_graphs(data))`` is
         ``model(data)``; the forward given the graphs makes no host synchronization (build them
-        outside ``torch.compile`` or a CUDA graph, run the forward inside). Host reads here: one for
-        the atom check, one for a bond list (none more for radius plexes on the CPU)."""
-        self.check_inputs(data)
+        outside ``torch.compile`` or a CUDA graph, run the forward inside). One host read here (the
+        input check together with a bond list's sizes), besides the neighbor-search ops' own."""
+        check = self.input_check(data)
         batch = getattr(data, "batch", None)
         num_graphs = getattr(data, "num_graphs", None) if batch is not None else 1
         return build_graphs(self.config, data.pos, batch, getattr(data, "edge_index", None),
-                            num_graphs=num_graphs if isinstance(num_graphs, int) else None)
+                            num_graphs=num_graphs if isinstance(num_graphs, int) else None,
+                            checks=() if check is None else (check,))
 
     # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
     @property
