@@ -158,8 +158,10 @@ def qm9_batch(tmp_path_factory):
 
 
 # Measured (CPU, no_grad, QM9 U0 settings: dim 128, 6 layers, batch of 128): aten ops dispatched per
-# forward given the graphs (views included) / of them not views. Regression guards, a little above.
-OP_BUDGET = {"PAMNet": (900, 560), "PAMNetS": (860, 530)}
+# forward given the graphs (views included) / of them not views: PAMNet 810 / 489, PAMNet-s 804 / 484
+# (before the graph module: 951 / 589 and 911 / 562 per forward, graph building included, with 10
+# synchronizations). Regression guards, a little above.
+OP_BUDGET = {"PAMNet": (840, 510), "PAMNetS": (835, 505)}
 
 
 @pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])

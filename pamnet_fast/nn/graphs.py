@@ -22,6 +22,23 @@ from .. import ops
 from ..ops.geometry import pair_distance
 
 
+class AngleLists(NamedTuple):
+    """PAMNet's two-hop and one-hop triplets as ONE list per receiving edge (two-hop entries of an
+    edge first): both angle sums of a local layer become one gather-multiply-scatter
+    (:func:`pamnet_fast.ops.segment_gather_mul`) over one MLP pass, instead of two of each."""
+    src: Tensor    # [T2 + T1] sending edge of each entry (k -> j for two-hop, j2 -> i for one-hop)
+    ptr: Tensor    # [El + 1] CSR pointer over receiving edges
+    order: Tensor  # [T2 + T1] row of cat(two-hop terms, one-hop terms) of each entry
+
+
+def merged_angle_lists(trip: ops.Triplets) -> AngleLists:
+    """:class:`AngleLists` of ``trip`` (sync-free: the sizes are those of the two lists)."""
+    ji = torch.cat([trip.two_hop_ji, trip.one_hop_ji])
+    order = torch.sort(ji, stable=True).indices
+    src = torch.cat([trip.two_hop_kj, trip.one_hop_j2i]).index_select(0, order)
+    return AngleLists(src, trip.two_hop_ptr + trip.one_hop_ptr, order)
+
+
 class Graphs(NamedTuple):
     """The two plexes of a batch, edges target-sorted with CSR pointers, and the local triplets.
 
@@ -41,6 +58,7 @@ class Graphs(NamedTuple):
     edge_row_l: Optional[Tensor] = None  # [El]
     batch: Optional[Tensor] = None       # [N] graph of each node
     num_graphs: Optional[int] = None
+    angles: Optional[AngleLists] = None  # both triplet lists merged (PAMNet's local layers)
 
 
 class InputCheck(NamedTuple):
@@ -221,7 +239,7 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int, flags
 
 def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
                  global_plex: bool = True, num_graphs: Optional[int] = None,
-                 checks: Sequence[InputCheck] = ()) -> Graphs:
+                 checks: Sequence[InputCheck] = (), merge_angles: bool = True) -> Graphs:
     """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
     (graphs never interact).
 
@@ -238,7 +256,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     not with ``reference_compat`` + kNN). ``num_graphs``: stored with ``batch`` in the result
     (``batch.max() + 1`` is read from the device when not given). ``checks``: input checks
     (:class:`InputCheck`) read in the same host read as the graph sizes (or alone, when no size
-    needs reading: radius plexes).
+    needs reading: radius plexes). ``merge_angles``: also the :class:`AngleLists` (PAMNet; PAMNet-s
+    uses the one-hop list only).
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -286,5 +305,6 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     pair_g, edge_row_g = pairs_g or (None, None)
     pair_l, edge_row_l = pairs_l or (None, None)
+    angles = merged_angle_lists(trip) if merge_angles else None
     return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
-                  pair_l, edge_row_l, batch.long(), num_graphs)
+                  pair_l, edge_row_l, batch.long(), num_graphs, angles)

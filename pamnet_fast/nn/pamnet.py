@@ -27,7 +27,8 @@ from .fusion import AttentionFusion, readout
 from .config_dict import config_from_dict
 from .dense import MLP, Linear
 from .global_mp import GlobalMessagePassing
-from .graphs import Graphs, InputCheck, batch_of, build_graphs, pair_rows, sort_edges  # noqa: F401
+from .graphs import (Graphs, InputCheck, batch_of, build_graphs, merged_angle_lists,  # noqa: F401
+                     pair_rows, sort_edges)
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 
 
@@ -223,7 +224,8 @@ class _PAMNetBase(nn.Module):
         num_graphs = getattr(data, "num_graphs", None) if batch is not None else 1
         return build_graphs(self.config, data.pos, batch, getattr(data, "edge_index", None),
                             num_graphs=num_graphs if isinstance(num_graphs, int) else None,
-                            checks=() if check is None else (check,))
+                            checks=() if check is None else (check,),
+                            merge_angles=self.local_cls is LocalMessagePassing)
 
     # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
     @property
@@ -348,13 +350,18 @@ class PAMNet(_PAMNetBase):
         self.mlp_sbf2 = MLP([n_sbf, d])  # two-hop
 
     def _sbf(self, pos: Tensor, g: Graphs):
+        """Both projected spherical bases as one ``[T2 + T1, F]`` tensor in the order of the merged
+        angle lists (:class:`~.graphs.AngleLists`), and those lists."""
         two, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
         sbf2 = self.mlp_sbf2(self.sbf(g.dist_l, two, g.trip.two_hop_kj))
         sbf1 = self.mlp_sbf1(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
-        return sbf2, sbf1
+        angles = g.angles if g.angles is not None else merged_angle_lists(g.trip)
+        return torch.cat([sbf2, sbf1]).index_select(0, angles.order), angles
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
-        return layer(x, rbf_l, sbf[0], sbf[1], g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)
+        sbf, angles = sbf
+        return layer.forward_merged(x, rbf_l, sbf, angles.src, angles.ptr, g.edge_index_l, g.ptr_l,
+                                    g.edge_ids_l, g.edge_row_l)
 
 
 class PAMNetS(_PAMNetBase):
