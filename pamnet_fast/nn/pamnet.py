@@ -27,8 +27,9 @@ from .fusion import AttentionFusion, readout
 from .config_dict import config_from_dict
 from .dense import MLP, Linear
 from .global_mp import GlobalMessagePassing
-from .graphs import (Graphs, InputCheck, batch_of, build_graphs, merged_angle_lists,  # noqa: F401
-                     pair_rows, sort_edges)
+# pair_rows, sort_edges: importable from here as before the graph module
+from .graphs import (Graphs, InputCheck, build_graphs, merged_angle_lists, pair_rows,  # noqa: F401
+                     sort_edges)
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 
 
