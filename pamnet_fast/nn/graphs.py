@@ -76,8 +76,9 @@ def _raise_failed(checks: Sequence[InputCheck], values: Sequence[int]) -> None:
             raise ValueError("an input check failed")  # fail() raises its own message first
 
 
-def read_counts(*counts: Tensor) -> List[int]:
-    """The values of 0-dim integer tensors, read from the device in ONE host synchronization."""
+def read_counts(*counts) -> List[int]:
+    """The values of 0-dim integer/boolean tensors (or of :class:`InputCheck` flags), read from the
+    device in ONE host synchronization."""
     counts = [c.ok if isinstance(c, InputCheck) else c for c in counts]
     return torch.stack([c.reshape(()).long() for c in counts]).tolist()
 
@@ -176,20 +177,20 @@ def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
     return _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if ok else None
 
 
-def bond_graph(bonds: Tensor, num_nodes: int, flags: Sequence[Tensor] = ()
+def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = ()
                ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """A bond list (any order, both directions, maybe with self-loops) as a plex: ``(edge_index
     [2, E], ptr [N + 1], pair_rows or None)``, self-loops dropped, sorted by target then source;
     ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it
-    (``flags``: 0-dim boolean tensors checked in the same read, see :class:`InputCheck`)."""
+    (``checks``: :class:`InputCheck` flags read in the same read)."""
     bonds = bonds.long()
     src, dst = bonds[0], bonds[1]
     keep = src != dst
     key = dst * num_nodes + src
     edge_index = _compact_sorted(bonds, keep, key, bonds.size(1))  # all, self-loops last
     symmetric, num_pairs = _symmetry_counts(edge_index, num_nodes, loops_last=True)
-    count, symmetric, num_pairs, *ok = read_counts(keep.sum(), symmetric, num_pairs, *flags)
-    _raise_failed(flags, ok)
+    count, symmetric, num_pairs, *ok = read_counts(keep.sum(), symmetric, num_pairs, *checks)
+    _raise_failed(checks, ok)
     edge_index = edge_index[:, :count]
     pairs = _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if symmetric and count else None
     return edge_index, csr_pointer(edge_index[1], num_nodes), pairs
@@ -220,7 +221,8 @@ def batch_of(data, num_nodes: int, device) -> Tuple[Tensor, int]:
     return batch.long(), num_graphs
 
 
-def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int, flags: Sequence[Tensor] = ()):
+def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int,
+                checks: Sequence[InputCheck] = ()):
     """The authors' RNA plexes from one ``knn(pos, pos, k)`` list (each atom among its own k, then
     dropped): global = the list cut at ``cutoff_g`` (already target-sorted), local = the list cut at
     ``cutoff_l`` and transposed, re-sorted. One host read for both sizes."""
@@ -229,8 +231,8 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int, flags
     d = edge_distance(pos, knn)
     not_loop = src != dst
     keep_g, keep_l = not_loop & (d <= cfg.cutoff_g), not_loop & (d <= cfg.cutoff_l)
-    count_g, count_l, *ok = read_counts(keep_g.sum(), keep_l.sum(), *flags)
-    _raise_failed(flags, ok)
+    count_g, count_l, *ok = read_counts(keep_g.sum(), keep_l.sum(), *checks)
+    _raise_failed(checks, ok)
     position = torch.arange(knn.size(1), device=pos.device)
     ei_g = _compact_sorted(knn, keep_g, position, count_g)
     ei_l = _compact_sorted(knn.flip(0), keep_l, src * num_nodes + dst, count_l)

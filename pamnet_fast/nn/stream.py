@@ -232,7 +232,7 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     x = model.embed(data)
     batch, num_graphs = batch_of(data, x.size(0), x.device)
     g = build_graphs(cfg, pos, getattr(data, "batch", None), getattr(data, "edge_index", None),
-                     global_plex=False, num_graphs=num_graphs)
+                     global_plex=False, num_graphs=num_graphs, merge_angles=False)
     grad = torch.is_grad_enabled() and (pos.requires_grad or any(p.requires_grad for p in model.parameters()))
     k = cfg.knn_k if cfg.global_graph == "knn" else None
     neighbors = BlockNeighbors(pos, cfg.cutoff_g, getattr(data, "batch", None), k=k,
