@@ -96,3 +96,19 @@ def test_forward_runs_on_the_meta_device(name):
     assert out.device.type == "meta" and out.shape == want.shape
     out.sum().backward()
     assert all(p.grad is not None and p.grad.device.type == "meta" for p in model.parameters())
+
+
+def test_fullgraph_reference_compat_rna_model():
+    """The authors' RNA model (kNN plexes, their bases in plain PyTorch) compiles as one graph too
+    (its basis constants live on the module: nothing cached is traced)."""
+    from torch._dynamo.utils import counters
+    from test_nn_common import rna_structure
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.rna(reference_compat=True, knn_k=8)).double()
+    data = rna_structure(6, max_atoms=80)
+    compiled = compile_model(model, backend="eager")
+    assert rel_err(compiled(data, model.build_graphs(data)), model(data)) <= 1e-12
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
