@@ -5,7 +5,9 @@ from .dense import MLP, Linear, LinearSiLU
 from .global_mp import GlobalMessagePassing, Res
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 from .fusion import AttentionFusion, graph_mean, graph_sum, readout, signed_sum
-from .pamnet import Graphs, PAMNet, PAMNetConfig, PAMNetS, PAMNetState, build_graphs, sort_edges
+from .graphs import Graphs, build_graphs, pair_rows, sort_edges
+from .pamnet import PAMNet, PAMNetConfig, PAMNetS, PAMNetState
+from .compiled import CompiledModel, compile_model
 from .heads import DipoleHead, ProteinLigandHead, complex_batch, expand_complexes
 from .baselines import DimeNetPlusPlusBaseline, DimeNetPlusPlusConfig, SchNetBaseline, SchNetConfig
 from .compat import (load_reference_checkpoint, load_reference_state_dict, reference_key_map,
@@ -14,8 +16,9 @@ from .compat import (load_reference_checkpoint, load_reference_state_dict, refer
 __all__ = [
     "BesselBasis", "SphericalBasis", "MLP", "Linear", "LinearSiLU", "Res", "GlobalMessagePassing", "LocalMessagePassing",
     "LocalMessagePassingS", "AttentionFusion", "graph_sum", "graph_mean", "readout", "signed_sum",
-    "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges",
+    "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges", "pair_rows",
     "DipoleHead", "ProteinLigandHead", "complex_batch", "expand_complexes", "load_reference_checkpoint",
     "load_reference_state_dict", "reference_key_map", "to_reference_state_dict",
+    "compile_model", "CompiledModel",
     "SchNetConfig", "SchNetBaseline", "DimeNetPlusPlusConfig", "DimeNetPlusPlusBaseline",
 ]

@@ -58,11 +58,12 @@ def compat_sbf_constants(num_spherical: int, num_radial: int):
 
 def compat_spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int,
                            num_radial: int, envelope_exponent: int,
-                           index: Optional[Tensor] = None) -> Tensor:
+                           index: Optional[Tensor] = None, constants=None) -> Tensor:
     """Authors' spherical basis per triplet, ``[T, L*N]`` (l-major): v(x) c_ln j_l(z_ln x) Y_l^0.
     ``dist [T]``, or ``dist [E]`` per edge with ``index [T]`` the edge of each triplet: the radial part
-    is then computed once per edge and gathered, as the authors do (T is several times E)."""
-    zeros, norm, pref = compat_sbf_constants(num_spherical, num_radial)
+    is then computed once per edge and gathered, as the authors do (T is several times E).
+    ``constants``: :func:`compat_sbf_constants` already on the device of ``dist`` (a module keeps them)."""
+    zeros, norm, pref = constants if constants is not None else compat_sbf_constants(num_spherical, num_radial)
     x = (dist / cutoff).unsqueeze(-1)
     env = compat_envelope(x, envelope_exponent)
     rad = torch.cat([norm[l].to(dist.dtype) * ref_ops.spherical_jn(l, zeros[l].to(dist.dtype) * x)
@@ -70,7 +71,7 @@ def compat_spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spher
     if index is not None:
         rad = rad.index_select(0, index)
     cos_t = torch.cos(angle)
-    y = torch.stack([float(pref[l]) * ref_ops.legendre(l, cos_t) for l in range(num_spherical)], -1)
+    y = torch.stack([pref[l].to(cos_t.dtype) * ref_ops.legendre(l, cos_t) for l in range(num_spherical)], -1)
     return (rad.view(-1, num_spherical, num_radial) * y.unsqueeze(-1)).view(-1, num_spherical * num_radial)
 
 
@@ -134,21 +135,36 @@ class SphericalBasis(nn.Module):
         self.cutoff = float(cutoff)
         self.envelope_exponent = envelope_exponent
         self.reference_compat = reference_compat
+        # float64 Bessel zeros kept on the module's device (not a buffer: .float() must not round them)
+        self.zeros = ops.spherical_bessel_zeros(num_spherical, num_radial)
+        self.compat_constants = compat_sbf_constants(num_spherical, num_radial) if reference_compat else None
 
     @property
     def p(self) -> int:
         return self.envelope_exponent if self.reference_compat else self.envelope_exponent + 1
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        device = fn(self.zeros).device  # follow device moves, stay float64
+        self.zeros = self.zeros.to(device)
+        if self.compat_constants is not None:
+            self.compat_constants = tuple(t.to(device) for t in self.compat_constants)
+        return self
 
     def reset_parameters(self):
         pass
 
     def forward(self, dist: Tensor, angle: Tensor, index: Optional[Tensor] = None) -> Tensor:
         if self.reference_compat:
+            consts = self.compat_constants
+            consts = consts if consts is not None and consts[0].device == dist.device else None
             return compat_spherical_basis(dist, angle, self.cutoff, self.num_spherical,
-                                          self.num_radial, self.p, index)
+                                          self.num_radial, self.p, index, consts)
         if index is not None:
             dist = dist.index_select(0, index)
-        return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p)
+        zeros = self.zeros if self.zeros.device == dist.device else None
+        return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p,
+                                   zeros=zeros)
 
     def extra_repr(self) -> str:
         return (f"num_spherical={self.num_spherical}, num_radial={self.num_radial}, "

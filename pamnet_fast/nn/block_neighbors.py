@@ -4,7 +4,7 @@ r"""Neighbors of a block of target atoms among all atoms, exactly, without the f
 "all sources within ``r`` of the targets ``t0 .. t1 - 1``" block by block, in plain PyTorch on any
 device. It returns the same edges as :func:`pamnet_fast.ops.radius_graph` (or
 :func:`~pamnet_fast.ops.knn_graph` with ``r``) restricted to those targets: the same exact distance
-test (:func:`pamnet_fast.ops.reference.pair_distance` ``<= r`` in the dtype of ``pos``, applied as a
+test (:func:`pamnet_fast.ops.geometry.pair_distance` ``<= r`` in the dtype of ``pos``, applied as a
 bit-exact threshold on the squared distance), the same order (by target, then source) and, for kNN,
 the same tie rule (by distance, then smaller index). Memory is O(block edges), never O(E).
 """
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..ops.reference import pair_distance, squared_distance
+from ..ops.geometry import pair_distance, squared_distance
+from .graphs import csr_pointer
 
 # Cells are r / 2 wide: the 125 offsets (-2 .. 2)^3 cover every ball of radius r, with 15.6 r^3 of
 # candidate volume per target (27 r^3 with cells r wide) for the 4.2 r^3 of the ball.
@@ -191,5 +192,5 @@ class BlockNeighbors:
 
     @staticmethod
     def _ptr(local_dst: Tensor, n: int) -> Tensor:
-        counts = torch.bincount(local_dst, minlength=n)
-        return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        """CSR pointer of the sorted local targets (:func:`pamnet_fast.nn.graphs.csr_pointer`)."""
+        return csr_pointer(local_dst, n)

@@ -46,7 +46,8 @@ def graph_sum(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
 
 def graph_mean(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     """Mean over the nodes of each graph (0 for an empty graph)."""
-    count = torch.bincount(batch, minlength=num_graphs).clamp_(min=1).to(x.dtype)
+    # counted with index_add (bincount sizes its output from the data: a host sync)
+    count = x.new_zeros(num_graphs).index_add_(0, batch, x.new_ones(batch.numel())).clamp_(min=1)
     return graph_sum(x, batch, num_graphs) / count.unsqueeze(-1)
 
 

@@ -35,6 +35,8 @@ def maybe_checkpoint(module: nn.Module, fn, *args: Tensor):
     """``fn(*args)``, activation-checkpointed (non-reentrant) when :func:`_wants_checkpoint`; the
     recomputation is bitwise the same forward, so values and gradients are unchanged."""
     if _wants_checkpoint(module, *args, *module.parameters()):
+        if torch.compiler.is_compiling():  # compiled: aten dense layers in both passes already
+            return checkpoint(fn, *args, use_reentrant=False)
         return checkpoint(fn, *args, use_reentrant=False, context_fn=_same_dense_backend)
     return fn(*args)
 

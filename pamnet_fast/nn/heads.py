@@ -154,12 +154,16 @@ class ProteinLigandHead(nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, batch) -> Tensor:
+    def forward(self, batch, graphs=None) -> Tensor:
+        """``graphs``: optionally ``self.model.build_graphs(batch)`` of the expanded batch (then no
+        host synchronization here either)."""
         if getattr(batch, "sign", None) is None:
             if getattr(batch, "ligand", None) is None:
                 raise ValueError("ProteinLigandHead needs complexes (data.ligand, the ligand-atom mask) or "
                                  "a complex_batch (data.sign, data.sample)")
             batch = expand_complexes(batch)
-        per_graph = self.model(batch)  # [3S, out_dim]
-        num_samples = int(batch.sample.max()) + 1 if batch.sample.numel() else 0
+        per_graph = self.model(batch, graphs)  # [3S, out_dim]
+        num_samples = getattr(batch, "num_samples", None)
+        if not isinstance(num_samples, int):  # expanded elsewhere: read it from the device
+            num_samples = int(batch.sample.max()) + 1 if batch.sample.numel() else 0
         return signed_sum(per_graph, batch.sign, batch.sample, num_samples)

@@ -102,6 +102,16 @@ class LocalMessagePassing(PlexLayer):
                                   trip.one_hop_ptr)
         return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
 
+    def forward_merged(self, x: Tensor, rbf: Tensor, sbf: Tensor, angle_src: Tensor, angle_ptr: Tensor,
+                       edge_index: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
+        """:meth:`forward` with both triplet lists merged per receiving edge
+        (:class:`~pamnet_fast.nn.graphs.AngleLists`): ``sbf [T2 + T1, F]`` in that order. The two
+        angle sums are then one MLP pass and one gather-multiply-scatter (same sums, other order)."""
+        def angle_sum(m_nb):
+            a = maybe_checkpoint(self, self.mlp_sbf, sbf)
+            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+
     def angle_sum(self, m_nb: Tensor, sbf2: Tensor, two_hop_kj: Tensor, two_hop_ptr: Tensor,
                   sbf1: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
         """The two triplet sums of :math:`m_{ji}` for the receiving edges of the pointers ``[E' + 1]``

@@ -22,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..ops.reference import pair_distance
 from .basis import BesselBasis, SphericalBasis
 from .fusion import AttentionFusion, readout
 from .config_dict import config_from_dict
 from .dense import MLP, Linear
 from .global_mp import GlobalMessagePassing
+# pair_rows, sort_edges: importable from here as before the graph module
+from .graphs import (Graphs, InputCheck, build_graphs, merged_angle_lists, pair_rows,  # noqa: F401
+                     sort_edges)
 from .local_mp import LocalMessagePassing, LocalMessagePassingS
 
 
@@ -102,119 +104,6 @@ class PAMNetConfig:
                            global_graph="radius", in_features=18, readout="sum"), **kw)
 
 
-class Graphs(NamedTuple):
-    """The two plexes of a batch, edges target-sorted with CSR pointers, and the local triplets."""
-    edge_index_g: Tensor  # [2, Eg]
-    ptr_g: Tensor         # [N + 1]
-    dist_g: Tensor        # [Eg]
-    edge_index_l: Tensor  # [2, El]
-    ptr_l: Tensor         # [N + 1]
-    dist_l: Tensor        # [El]
-    trip: ops.Triplets
-    edge_ids_l: Tensor    # arange(El)
-    pair_g: Optional[Tensor] = None      # [R] one global edge per unordered pair (symmetric graphs)
-    edge_row_g: Optional[Tensor] = None  # [Eg] the pair (row of the edge terms) of each global edge
-    pair_l: Optional[Tensor] = None      # [Rl] same for the local plex (bonds are symmetric)
-    edge_row_l: Optional[Tensor] = None  # [El]
-
-
-def _ptr(dst: Tensor, num_nodes: int) -> Tensor:
-    counts = torch.bincount(dst, minlength=num_nodes)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-
-
-def sort_edges(edge_index: Tensor, num_nodes: int, remove_self_loops: bool = True
-               ) -> Tuple[Tensor, Tensor]:
-    """Sort ``edge_index [2, E]`` by target then source (self-loops dropped); returns it and ``ptr``."""
-    edge_index = edge_index.long()
-    if remove_self_loops:
-        edge_index = edge_index[:, edge_index[0] != edge_index[1]]
-    key = edge_index[1] * num_nodes + edge_index[0]
-    if key.numel() > 1 and not bool((key[1:] >= key[:-1]).all()):
-        edge_index = edge_index[:, torch.argsort(key)]
-    return edge_index, _ptr(edge_index[1], num_nodes)
-
-
-def _dist(pos: Tensor, edge_index: Tensor) -> Tensor:
-    return pair_distance(pos[edge_index[1]], pos[edge_index[0]])
-
-
-def pair_rows(edge_index: Tensor, num_nodes: int) -> Optional[Tuple[Tensor, Tensor]]:
-    """For a symmetric edge list without self-loops, sorted by target then source: ``(pair [R],
-    edge_row [E])`` with ``pair`` the edges ``j -> i`` with ``j < i`` (one per unordered pair) and
-    ``edge_row[e]`` the position in ``pair`` of ``e`` or of its reverse. ``None`` when some edge has no
-    reverse (e.g. a kNN graph). Both directions have bit-identical distances (the difference vectors
-    are exact negatives), so their edge terms can be computed once per pair."""
-    src, dst = edge_index[0], edge_index[1]
-    E = src.numel()
-    if E == 0 or bool((src == dst).any()):
-        return None
-    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
-    rev = torch.searchsorted(key, rev_key).clamp_(max=E - 1)
-    if not torch.equal(key[rev], rev_key):
-        return None
-    lower = src < dst
-    row = torch.cumsum(lower, 0) - 1
-    edge_row = torch.where(lower, row, row[rev])
-    return lower.nonzero().view(-1), edge_row
-
-
-def build_graphs(cfg: PAMNetConfig, pos: Tensor, batch: Optional[Tensor],
-                 bonds: Optional[Tensor] = None, global_plex: bool = True) -> Graphs:
-    """Both plexes and the local triplets, per graph of ``batch`` (graphs never interact).
-
-    Default: global = ``radius_graph(cutoff_g)`` or ``knn_graph(knn_k, r=cutoff_g)`` (messages into i
-    from its k nearest); local = bonds or ``radius_graph(cutoff_l)``; triplets without self pairs.
-    ``reference_compat`` with a kNN global plex (the authors' RNA model): one list, their
-    ``knn(pos, pos, k)`` with each atom counted among its own k and then dropped; the global plex is
-    that list cut at ``cutoff_g`` with each query receiving from its neighbours (their global layer
-    runs with ``flow='target_to_source'``), the local plex the same list cut at ``cutoff_l`` and
-    transposed (their local layer reads it as ``j, i = query, neighbour``); one-hop triplets include
-    each edge paired with itself. ``global_plex=False``: the global fields are ``None`` (the streamed
-    path, :mod:`pamnet_fast.nn.stream`, builds it per block; not with ``reference_compat`` + kNN).
-    """
-    n = pos.size(0)
-    compat = cfg.reference_compat
-    mnn = cfg.max_num_neighbors
-    if not global_plex:
-        ei_g = ptr_g = None
-    elif cfg.global_graph == "knn" and compat:
-        # authors: knn(pos, pos, k) (self among the k, then dropped), global layer with
-        # flow='target_to_source': the query aggregates from its k nearest, i.e. knn_graph as is.
-        knn = ops.knn_graph(pos, cfg.knn_k, batch, loop=True)
-        knn = knn[:, knn[0] != knn[1]]
-        d_knn = _dist(pos, knn)
-        ei_g, ptr_g = sort_edges(knn[:, d_knn <= cfg.cutoff_g], n, remove_self_loops=False)
-    elif cfg.global_graph == "knn":
-        ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
-    elif cfg.global_graph == "radius":
-        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True)
-    else:
-        raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
-    dist_g = _dist(pos, ei_g) if global_plex else None
-    pairs = pair_rows(ei_g, n) if global_plex and cfg.global_graph == "radius" else None
-    pair_g, edge_row_g = pairs or (None, None)
-
-    if cfg.local_graph == "bonds":
-        if bonds is None:
-            raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
-        ei_l, ptr_l = sort_edges(bonds, n)
-    elif cfg.local_graph == "radius" and compat and cfg.global_graph == "knn":
-        # authors: the same kNN list cut at cutoff_l, but their local layer reads it as (j, i) =
-        # (query, neighbour): messages flow the other way than in the global plex (transposed).
-        ei_l, ptr_l = sort_edges(knn[:, d_knn <= cfg.cutoff_l].flip(0), n, remove_self_loops=False)
-    elif cfg.local_graph == "radius":
-        ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn, return_ptr=True)
-    else:
-        raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
-    dist_l = _dist(pos, ei_l)
-    pair_l, edge_row_l = pair_rows(ei_l, n) or (None, None)
-    trip = ops.triplets(ei_l, n, include_self_pairs=compat)
-    edge_ids = torch.arange(ei_l.size(1), device=pos.device)
-    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
-                  pair_l, edge_row_l)
-
-
 class PAMNetState(NamedTuple):
     """Everything a head needs after the message passing."""
     node_out: Tensor      # [N, out_dim] fused node outputs (summed over layers)
@@ -229,16 +118,6 @@ class PAMNetState(NamedTuple):
     pos: Tensor           # [N, 3]
     batch: Tensor         # [N]
     num_graphs: int
-
-
-def _batch_of(data, n: int, device) -> Tuple[Tensor, int]:
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        return torch.zeros(n, dtype=torch.long, device=device), 1
-    num_graphs = getattr(data, "num_graphs", None)
-    if not isinstance(num_graphs, int):
-        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-    return batch.long(), num_graphs
 
 
 class _PAMNetBase(nn.Module):
@@ -290,29 +169,71 @@ class _PAMNetBase(nn.Module):
                 self.embeddings.uniform_(-math.sqrt(3), math.sqrt(3))
 
     # -- inputs ---------------------------------------------------------------------------------
-    def embed(self, data) -> Tensor:
-        """Initial node embeddings ``[N, F]`` from ``data.z`` (atomic numbers), an integer ``data.x``
-        (embedding rows) or float ``data.x [N, in_features]``."""
+    def input_check(self, data) -> Optional[InputCheck]:
+        """The check of ``data.z`` (atomic numbers with an embedding row) or of an integer ``data.x``
+        (rows in range) as a device-side flag with its error (:class:`~.graphs.InputCheck`), or
+        ``None`` (float features). :meth:`build_graphs` reads it with the graph sizes."""
         if self.config.in_features:
-            return self.init_linear(data.x.to(self.init_linear.weight.dtype))
+            return None
         z = getattr(data, "z", None)
         if z is not None:
             z = z.long()
             known = (z >= 0) & (z < self.atom_index.numel())
             rows = self.atom_index[z.clamp(0, self.atom_index.numel() - 1)]
-            if not bool((known & (rows >= 0)).all()):
-                bad = torch.unique(z[~known | (rows < 0)]).tolist()
-                raise ValueError(f"atomic numbers {bad[:8]} have no embedding row (atom_types="
-                                 f"{tuple(self.config.atom_types)})")
-        else:
-            rows = data.x.view(-1).long()
-            if rows.numel() and not bool(((rows >= 0) & (rows < self.embeddings.size(0))).all()):
-                raise ValueError(f"data.x holds embedding rows outside [0, {self.embeddings.size(0)})")
-        return self.embeddings.index_select(0, rows)
+            bad = ~known | (rows < 0)
+
+            def fail():
+                raise ValueError(f"atomic numbers {torch.unique(z[bad]).tolist()[:8]} have no embedding "
+                                 f"row (atom_types={tuple(self.config.atom_types)})")
+            return InputCheck(~bad.any(), fail)
+        rows = data.x.view(-1).long()
+
+        def fail_rows():
+            raise ValueError(f"data.x holds embedding rows outside [0, {self.embeddings.size(0)})")
+        return InputCheck(((rows >= 0) & (rows < self.embeddings.size(0))).all(), fail_rows)
+
+    def check_inputs(self, data) -> None:
+        """``ValueError`` naming the atomic numbers (``data.z``) without an embedding row, or the
+        integer ``data.x`` rows out of range (one host read)."""
+        check = self.input_check(data)
+        if check is not None and not bool(check.ok):
+            check.fail()
+
+    def node_input(self, data) -> Tensor:
+        """What the embedding reads, without checks: float ``data.x [N, in_features]``, or the
+        embedding rows ``[N]`` of ``data.z`` (atomic numbers) or of an integer ``data.x``."""
+        if self.config.in_features:
+            return data.x
+        z = getattr(data, "z", None)
+        if z is not None:
+            return self.atom_index.index_select(0, z.long())
+        return data.x.view(-1).long()
+
+    def embed_input(self, node_input: Tensor) -> Tensor:
+        """Initial node embeddings ``[N, F]`` from :meth:`node_input`."""
+        if self.config.in_features:
+            return self.init_linear(node_input.to(self.init_linear.weight.dtype))
+        return self.embeddings.index_select(0, node_input)
+
+    def embed(self, data) -> Tensor:
+        """Initial node embeddings ``[N, F]`` from ``data.z`` (atomic numbers), an integer ``data.x``
+        (embedding rows) or float ``data.x [N, in_features]``, checked (:meth:`check_inputs`)."""
+        self.check_inputs(data)
+        return self.embed_input(self.node_input(data))
 
     def build_graphs(self, data) -> Graphs:
-        return build_graphs(self.config, data.pos, getattr(data, "batch", None),
-                            getattr(data, "edge_index", None))
+        """The plexes, triplets and batch vector of ``data`` (:func:`pamnet_fast.nn.graphs.build_graphs`),
+        after checking the inputs (:meth:`check_inputs`). ``model(data, model.build_graphs(data))`` is
+        ``model(data)``; the forward given the graphs makes no host synchronization (build them
+        outside ``torch.compile`` or a CUDA graph, run the forward inside). One host read here (the
+        input check together with a bond list's sizes), besides the neighbor-search ops' own."""
+        check = self.input_check(data)
+        batch = getattr(data, "batch", None)
+        num_graphs = getattr(data, "num_graphs", None) if batch is not None else 1
+        return build_graphs(self.config, data.pos, batch, getattr(data, "edge_index", None),
+                            num_graphs=num_graphs if isinstance(num_graphs, int) else None,
+                            checks=() if check is None else (check,),
+                            merge_angles=self.local_cls is LocalMessagePassing)
 
     # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
     @property
@@ -352,10 +273,19 @@ class _PAMNetBase(nn.Module):
         if max_memory is not None and graphs is None:
             from .stream import streamed_encode
             return streamed_encode(self, data, max_memory, keep_features)
-        pos = data.pos
-        x = self.embed(data)
-        batch, num_graphs = _batch_of(data, x.size(0), x.device)
-        g = graphs if graphs is not None else self.build_graphs(data)
+        if graphs is None:
+            graphs = self.build_graphs(data)
+        return self.encode_tensors(data.pos, self.node_input(data), graphs, keep_features)
+
+    def encode_tensors(self, pos: Tensor, node_input: Tensor, graphs: Graphs,
+                       keep_features: bool = True) -> PAMNetState:
+        """:meth:`encode` on tensors: ``pos [N, 3]``, ``node_input`` (:meth:`node_input`) and the
+        graphs of :meth:`build_graphs`. No host synchronization, no Python branch on data."""
+        g = graphs
+        x = self.embed_input(node_input)
+        batch, num_graphs = g.batch, g.num_graphs
+        if batch is None:  # graphs built by hand, without the batch fields
+            batch, num_graphs = torch.zeros(x.size(0), dtype=torch.long, device=x.device), 1
         # Symmetric plexes: edge terms once per unordered pair, shared by both directions.
         dist_g = g.dist_g if g.pair_g is None else g.dist_g.index_select(0, g.pair_g)
         rbf_g = self.mlp_rbf_g(self.rbf_g(dist_g))
@@ -381,11 +311,26 @@ class _PAMNetBase(nn.Module):
         node_out, alpha = self.fusion(outs_g, outs_l, atts_g, atts_l)
         return PAMNetState(node_out, alpha, z_g, z_l, rbf_g, rbf_l, g, pos, batch, num_graphs)
 
-    def forward(self, data) -> Tensor:
+    def forward(self, data, graphs: Optional[Graphs] = None) -> Tensor:
         """``data``: PyG ``Data``/``Batch`` with ``pos [N, 3]``, ``z [N]`` or ``x``, ``batch [N]``
-        (optional), ``edge_index`` (bonds, when ``local_graph='bonds'``). Returns
-        ``[num_graphs, out_dim]`` (``[num_graphs, 1]`` = :math:`|\\mu|` with the dipole head)."""
-        state = self.encode(data, keep_features=self.dipole_head is not None)
+        (optional), ``edge_index`` (bonds, when ``local_graph='bonds'``); ``graphs``: optionally
+        ``model.build_graphs(data)``, built beforehand (same result; the forward then makes no host
+        synchronization). Returns ``[num_graphs, out_dim]`` (``[num_graphs, 1]`` = :math:`|\\mu|`
+        with the dipole head)."""
+        if graphs is None and getattr(self, "_max_memory", None) is not None:
+            return self._head(self.encode(data, keep_features=self.dipole_head is not None))
+        if graphs is None:
+            graphs = self.build_graphs(data)
+        return self.forward_tensors(data.pos, self.node_input(data), graphs)
+
+    def forward_tensors(self, pos: Tensor, node_input: Tensor, graphs: Graphs) -> Tensor:
+        """The forward on tensors (what ``torch.compile(fullgraph=True)`` and CUDA graphs capture, see
+        :func:`pamnet_fast.nn.compile_model`): ``pos [N, 3]``, ``node_input`` from
+        :meth:`node_input`, ``graphs`` from :meth:`build_graphs`. Returns ``[num_graphs, out_dim]``."""
+        state = self.encode_tensors(pos, node_input, graphs, keep_features=self.dipole_head is not None)
+        return self._head(state)
+
+    def _head(self, state: PAMNetState) -> Tensor:
         if self.dipole_head is not None:
             return torch.linalg.vector_norm(self.dipole_head(state), dim=-1, keepdim=True)
         return readout(state.node_out, state.batch, state.num_graphs, self.config.readout)
@@ -417,13 +362,18 @@ class PAMNet(_PAMNetBase):
         self.mlp_sbf2 = MLP([n_sbf, d])  # two-hop
 
     def _sbf(self, pos: Tensor, g: Graphs):
+        """Both projected spherical bases as one ``[T2 + T1, F]`` tensor in the order of the merged
+        angle lists (:class:`~.graphs.AngleLists`), and those lists."""
         two, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
         sbf2 = self.mlp_sbf2(self.sbf(g.dist_l, two, g.trip.two_hop_kj))
         sbf1 = self.mlp_sbf1(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
-        return sbf2, sbf1
+        angles = g.angles if g.angles is not None else merged_angle_lists(g.trip)
+        return torch.cat([sbf2, sbf1]).index_select(0, angles.order), angles
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
-        return layer(x, rbf_l, sbf[0], sbf[1], g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)
+        sbf, angles = sbf
+        return layer.forward_merged(x, rbf_l, sbf, angles.src, angles.ptr, g.edge_index_l, g.ptr_l,
+                                    g.edge_ids_l, g.edge_row_l)
 
 
 class PAMNetS(_PAMNetBase):

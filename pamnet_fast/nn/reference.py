@@ -171,11 +171,12 @@ def reference_local(layer, x, rbf, sbf, idx, idx_scatter, edge_index, mlp_nb):
 
 def reference_encode(model, data):
     """Returns a dict with node outputs, alpha, per-layer z, edge embeddings, graphs, batch."""
-    from .pamnet import PAMNetS, _batch_of
+    from .graphs import batch_of
+    from .pamnet import PAMNetS
     cfg = model.config
     pos = data.pos
     x = model.embed(data)
-    batch, num_graphs = _batch_of(data, x.size(0), x.device)
+    batch, num_graphs = batch_of(data, x.size(0), x.device)
     eg, el = reference_graphs(cfg, pos, batch, getattr(data, "edge_index", None))
     dist_g = ref_ops.pair_distance(pos[eg[1]], pos[eg[0]])
     dist_l = ref_ops.pair_distance(pos[el[1]], pos[el[0]])

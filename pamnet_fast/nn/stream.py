@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from .. import ops
 from .block_neighbors import BlockNeighbors
 from .global_mp import _same_dense_backend
+from .graphs import csr_pointer
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
           "G": 2**30, "GB": 10**9, "GIB": 2**30, "T": 2**40, "TB": 10**12, "TIB": 2**40}
@@ -143,7 +144,7 @@ def _global_block(model, layer, neighbors: BlockNeighbors, t0: int, t1: int, sta
         order = torch.argsort(dst * neighbors.n + src)
         src, dst, row = src[order], dst[order], row[order]
         del order, high, pair
-        edge_ptr = BlockNeighbors._ptr(dst, t1)
+        edge_ptr = csr_pointer(dst, t1)
         return layer.edge_sum(p, q, model.mlp_rbf_g(model.rbf_g(dist)), src, edge_ptr, row)
     return run_pairs
 
@@ -225,15 +226,16 @@ def streamed_encode(model, data, max_memory: int, keep_features: bool = True):
     streamed in blocks under ``max_memory`` bytes. Returns a :class:`~.pamnet.PAMNetState` whose
     ``rbf_g`` is ``None`` and whose graphs have no global fields."""
     from .local_mp import propagate
-    from .pamnet import PAMNetState, _batch_of, build_graphs
+    from .graphs import batch_of, build_graphs
+    from .pamnet import PAMNetState
 
     check_streamable(model)
     cfg = model.config
     pos = data.pos
     x = model.embed(data)
-    batch, num_graphs = _batch_of(data, x.size(0), x.device)
+    batch, num_graphs = batch_of(data, x.size(0), x.device)
     g = build_graphs(cfg, pos, getattr(data, "batch", None), getattr(data, "edge_index", None),
-                     global_plex=False)
+                     global_plex=False, num_graphs=num_graphs, merge_angles=False)
     grad = torch.is_grad_enabled() and (pos.requires_grad or any(p.requires_grad for p in model.parameters()))
     k = cfg.knn_k if cfg.global_graph == "knn" else None
     neighbors = BlockNeighbors(pos, cfg.cutoff_g, getattr(data, "batch", None), k=k,

@@ -51,7 +51,8 @@ def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> 
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,
-                    num_radial: int = 6, envelope_exponent: int = 5, *, _kernel=None) -> Tensor:
+                    num_radial: int = 6, envelope_exponent: int = 5, *, zeros: Optional[Tensor] = None,
+                    _kernel=None) -> Tensor:
     r"""DimeNet's 2D spherical Fourier-Bessel basis, ``[T, num_spherical * num_radial]`` (l-major):
 
     .. math:: a_{ln}(d, \alpha) = u_p(d/c)\, \sqrt{2}\, \frac{j_l(z_{ln} d / c)}{|j_{l+1}(z_{ln})|}
@@ -60,13 +61,18 @@ def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: i
     with :math:`z_{ln}` the n-th zero of the spherical Bessel function :math:`j_l`,
     :math:`Y_l^0(\alpha) = \sqrt{(2l+1)/4\pi}\, P_l(\cos\alpha)` and :math:`u_p` the envelope of
     :func:`bessel_basis`. ``dist`` and ``angle`` are per triplet (gather per-edge distances with the
-    triplet's edge index first). Differentiable w.r.t. ``dist`` and ``angle``.
+    triplet's edge index first). Differentiable w.r.t. ``dist`` and ``angle``. ``zeros``: the
+    ``[num_spherical, num_radial]`` float64 :func:`spherical_bessel_zeros` already on the device of
+    ``dist`` (a module keeps them; this saves a host-to-device copy per call).
     """
     op = "spherical_basis"
     checks.floating(op, "dist", dist, dim=1)
     checks.floating(op, "angle", angle, dim=1)
     checks.positive(op, "num_spherical", num_spherical, integer=True)
     checks.positive(op, "num_radial", num_radial, integer=True)
-    zeros = spherical_bessel_zeros(num_spherical, num_radial, dist.device)
+    if zeros is None:
+        zeros = spherical_bessel_zeros(num_spherical, num_radial, dist.device)
+    elif tuple(zeros.shape) != (num_spherical, num_radial):
+        raise ValueError(f"{op}: zeros must have shape [{num_spherical}, {num_radial}], got {tuple(zeros.shape)}")
     kernel = _kernel or _ops().spherical_basis
     return kernel(dist.contiguous(), angle.contiguous(), zeros, float(cutoff), envelope_exponent)

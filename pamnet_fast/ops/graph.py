@@ -11,8 +11,8 @@ from typing import Optional
 from torch import Tensor
 
 from . import checks
+from .geometry import pair_distance
 from .library import _ops
-from .reference import pair_distance
 
 
 def _prepare(op: str, pos: Tensor, batch: Optional[Tensor]):
@@ -39,7 +39,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop:
     r"""All pairs within distance ``r``: edges :math:`j \to i` with :math:`\|p_i - p_j\| \le r`.
 
     Exact: the same edge set as brute force, with the distance evaluated in the dtype of ``pos``
-    (see :func:`pamnet_fast.ops.reference.pair_distance`), per graph of ``batch``. A cell list makes it
+    (see :func:`pamnet_fast.ops.geometry.pair_distance`), per graph of ``batch``. A cell list makes it
     O(N k) and it runs in parallel over targets.
 
     Args:

@@ -17,48 +17,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .geometry import correctly_rounded_sqrt, pair_distance, squared_distance  # noqa: F401
+
 # Rows of targets processed at once by the brute-force neighbor search (memory: chunk x N floats).
 _CHUNK = 1024
-
-
-def squared_distance(pos_i: Tensor, pos_j: Tensor) -> Tensor:
-    """``dx*dx + dy*dy + dz*dz`` with ``d = pos_j - pos_i``, each operation rounded in the dtype of
-    ``pos`` (no fused multiply-add), summed left to right: what every backend computes."""
-    d = pos_j - pos_i
-    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
-
-
-def correctly_rounded_sqrt(x: Tensor) -> Tensor:
-    """IEEE square root (correctly rounded), which ``torch.sqrt`` on CPU is not: its vectorized sqrt is
-    off by one ulp for ~15% of float32 and ~1% of float64 inputs, enough to move pairs at the cutoff.
-
-    float32: the double-precision sqrt rounded to float32 is correctly rounded (and differentiable).
-    float64 on CPU: numpy's sqrt (the hardware instruction); not differentiable. CUDA's sqrt is exact.
-    """
-    if x.dtype == torch.float32:
-        return torch.sqrt(x.double()).float()
-    if x.device.type == "cpu" and x.dtype == torch.float64:
-        import numpy as np
-        return torch.from_numpy(np.sqrt(x.detach().numpy()))
-    return torch.sqrt(x)
-
-
-def pair_distance(pos_i: Tensor, pos_j: Tensor) -> Tensor:
-    """Euclidean distance, evaluated exactly as every backend evaluates it.
-
-    ``sqrt(squared_distance)`` with a correctly rounded square root. Sharing this formula is what makes
-    the neighbor search exact: an edge exists iff ``pair_distance <= r`` with ``r`` rounded to the dtype
-    of ``pos``. Differentiable (for float64, within one ulp of the correctly rounded value: the
-    gradient path uses ``torch.sqrt``).
-    """
-    d2 = squared_distance(pos_i, pos_j)
-    if d2.dtype == torch.float64 and d2.device.type == "cpu":
-        exact = correctly_rounded_sqrt(d2)
-        if not d2.requires_grad:
-            return exact
-        approx = torch.sqrt(d2)
-        return approx + (exact - approx.detach())  # the exact value with torch.sqrt's gradient
-    return correctly_rounded_sqrt(d2)
 
 
 def _graph_ranges(num_nodes: int, batch: Optional[Tensor]):

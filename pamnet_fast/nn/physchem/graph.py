@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ... import ops
+from ..graphs import csr_pointer, reverse_edges
 
 
 class MolBatch(NamedTuple):
@@ -32,34 +33,29 @@ class MolBatch(NamedTuple):
     bonded: Tensor
 
 
-def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
-    """Position of edge ``dst -> src`` for each edge ``src -> dst``; ``ValueError`` if one is missing."""
-    key = dst * num_nodes + src
-    order = torch.argsort(key)
-    want = src * num_nodes + dst
-    pos = torch.searchsorted(key[order], want).clamp(max=max(0, key.numel() - 1))
-    rev = order[pos] if key.numel() else pos
-    if key.numel() and not bool((key[rev] == want).all()):
-        raise ValueError("PhysChem needs every bond in both directions (edge_index must be symmetric)")
-    return rev
-
-
-def mol_batch(edge_index: Tensor, num_nodes: int, batch: Optional[Tensor], mass: Tensor) -> MolBatch:
+def mol_batch(edge_index: Tensor, num_nodes: int, batch: Optional[Tensor], mass: Tensor,
+              num_graphs: Optional[int] = None) -> MolBatch:
     """Build the :class:`MolBatch` of a PyG batch (``edge_index`` sorted by target, as our datasets and
-    PyG's batching of them give it)."""
+    PyG's batching of them give it), with the shared graph building of :mod:`pamnet_fast.nn.graphs`.
+    ``num_graphs`` (e.g. ``data.num_graphs``) saves reading ``batch.max()`` from the device."""
     src, dst = edge_index[0].long(), edge_index[1].long()
     if dst.numel() > 1 and bool((dst[1:] < dst[:-1]).any()):
         raise ValueError("PhysChem: edge_index must be sorted by target (edge_index[1] non-decreasing)")
     if batch is None:
         batch = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
     batch = batch.long()
-    counts = torch.bincount(dst, minlength=num_nodes)
-    ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    ptr = csr_pointer(dst, num_nodes)
     trip = ops.triplets(edge_index, num_nodes, include_self_pairs=True)
-    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-    return MolBatch(src, dst, ptr, reverse_edges(src, dst, num_nodes), trip.one_hop_j2i, trip.one_hop_ji,
-                    trip.one_hop_ptr, batch, num_graphs, torch.bincount(batch, minlength=num_graphs),
-                    mass, counts > 0)
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    try:
+        rev = reverse_edges(src, dst, num_nodes)
+    except ValueError:
+        raise ValueError("PhysChem needs every bond in both directions (edge_index must be symmetric)") from None
+    atoms = torch.ones_like(batch)
+    counts = atoms.new_zeros(num_graphs).index_add_(0, batch, atoms)  # bincount would sync
+    return MolBatch(src, dst, ptr, rev, trip.one_hop_j2i, trip.one_hop_ji, trip.one_hop_ptr, batch,
+                    num_graphs, counts, mass, ptr[1:] > ptr[:-1])
 
 
 def segment_sum(values: Tensor, index: Tensor, num: int) -> Tensor:

@@ -110,7 +110,9 @@ class PhysChem(nn.Module):
         rank = getattr(data, "rank", None)
         if rank is None:
             rank = torch.arange(x.shape[0], device=x.device)
-        g = mol_batch(data.edge_index, x.shape[0], getattr(data, "batch", None), mass)
+        num_graphs = getattr(data, "num_graphs", None)
+        g = mol_batch(data.edge_index, x.shape[0], getattr(data, "batch", None), mass,
+                      num_graphs if isinstance(num_graphs, int) and hasattr(data, "batch") else None)
         hv, he, p, q = self.initializer(x, edge_attr, rank, g)
         fixed = self._fixed_conformation(data)
         traj: List[Tensor] = [q] if self.learned else []

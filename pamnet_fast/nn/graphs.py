@@ -1,0 +1,312 @@
+r"""Graph building shared by every model: target-sorted edge lists with CSR pointers, pair rows of
+symmetric plexes, edge lengths, and PAMNet's two plexes with their triplets (:func:`build_graphs`).
+
+Everything here is *sync-free* except where an output size is data-dependent: removing self-loops
+from a bond list or cutting a kNN list at a radius reads its counts from the device once (one host
+read per call, all counts together), and the neighbor-search ops read their own edge totals. No
+``.item()``, ``nonzero``, boolean-mask indexing or data-dependent Python branch otherwise, so the model
+forward that consumes a :class:`Graphs` runs without a single host synchronization (and can be
+captured in a CUDA graph or compiled with ``torch.compile(fullgraph=True)``).
+
+Conventions (PyG): ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i; edge lists are
+sorted by target, then source; ``ptr [N + 1]`` is the CSR pointer over targets.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import ops
+from ..ops.geometry import pair_distance
+
+
+class AngleLists(NamedTuple):
+    """PAMNet's two-hop and one-hop triplets as ONE list per receiving edge (two-hop entries of an
+    edge first): both angle sums of a local layer become one gather-multiply-scatter
+    (:func:`pamnet_fast.ops.segment_gather_mul`) over one MLP pass, instead of two of each."""
+    src: Tensor    # [T2 + T1] sending edge of each entry (k -> j for two-hop, j2 -> i for one-hop)
+    ptr: Tensor    # [El + 1] CSR pointer over receiving edges
+    order: Tensor  # [T2 + T1] row of cat(two-hop terms, one-hop terms) of each entry
+
+
+def merged_angle_lists(trip: ops.Triplets) -> AngleLists:
+    """:class:`AngleLists` of ``trip`` (sync-free: the sizes are those of the two lists)."""
+    ji = torch.cat([trip.two_hop_ji, trip.one_hop_ji])
+    order = torch.sort(ji, stable=True).indices
+    src = torch.cat([trip.two_hop_kj, trip.one_hop_j2i]).index_select(0, order)
+    return AngleLists(src, trip.two_hop_ptr + trip.one_hop_ptr, order)
+
+
+class Graphs(NamedTuple):
+    """The two plexes of a batch, edges target-sorted with CSR pointers, and the local triplets.
+
+    ``batch``/``num_graphs`` (the graph of each node and the number of graphs) are filled by
+    :func:`build_graphs` so that a forward given the graphs needs nothing from the host."""
+    edge_index_g: Tensor  # [2, Eg]
+    ptr_g: Tensor         # [N + 1]
+    dist_g: Tensor        # [Eg]
+    edge_index_l: Tensor  # [2, El]
+    ptr_l: Tensor         # [N + 1]
+    dist_l: Tensor        # [El]
+    trip: ops.Triplets
+    edge_ids_l: Tensor    # arange(El)
+    pair_g: Optional[Tensor] = None      # [R] one global edge per unordered pair (symmetric graphs)
+    edge_row_g: Optional[Tensor] = None  # [Eg] the pair (row of the edge terms) of each global edge
+    pair_l: Optional[Tensor] = None      # [Rl] same for the local plex (bonds are symmetric)
+    edge_row_l: Optional[Tensor] = None  # [El]
+    batch: Optional[Tensor] = None       # [N] graph of each node
+    num_graphs: Optional[int] = None
+    angles: Optional[AngleLists] = None  # both triplet lists merged (PAMNet's local layers)
+
+
+class InputCheck(NamedTuple):
+    """A validity check of the inputs done on the device, read from the host together with the
+    graph sizes (no extra synchronization): ``ok`` a 0-dim boolean tensor, ``fail()`` raises the
+    error that names the problem (it may read more from the device: only when it fails)."""
+    ok: Tensor
+    fail: Callable[[], None]
+
+
+def _raise_failed(checks: Sequence[InputCheck], values: Sequence[int]) -> None:
+    for check, ok in zip(checks, values):
+        if not ok:
+            check.fail()
+            raise ValueError("an input check failed")  # fail() raises its own message first
+
+
+def read_counts(*counts) -> List[int]:
+    """The values of 0-dim integer/boolean tensors (or of :class:`InputCheck` flags), read from the
+    device in ONE host synchronization."""
+    counts = [c.ok if isinstance(c, InputCheck) else c for c in counts]
+    return torch.stack([c.reshape(()).long() for c in counts]).tolist()
+
+
+def csr_pointer(dst: Tensor, num_nodes: int) -> Tensor:
+    """``ptr [num_nodes + 1]`` of a target-sorted ``dst [E]``: ``ptr[i]`` = edges with target < i.
+    A binary search instead of ``bincount`` (which sizes its output from the data: a host sync)."""
+    nodes = torch.arange(num_nodes + 1, device=dst.device, dtype=dst.dtype)
+    return torch.searchsorted(dst, nodes)
+
+
+def edge_distance(pos: Tensor, edge_index: Tensor) -> Tensor:
+    """``[E]`` lengths of ``edge_index`` with the neighbor search's exact formula
+    (:func:`pamnet_fast.ops.geometry.pair_distance`), differentiable w.r.t. ``pos``."""
+    return pair_distance(pos.index_select(0, edge_index[1]), pos.index_select(0, edge_index[0]))
+
+
+def _compact_sorted(edge_index: Tensor, keep: Tensor, key: Tensor, count: int) -> Tensor:
+    """The ``count`` kept edges ordered by ``key`` (dropped edges are sorted last, then cut): a
+    boolean selection whose size was read beforehand, so it does not sync again."""
+    key = torch.where(keep, key, torch.iinfo(key.dtype).max)
+    order = torch.sort(key, stable=True).indices[:count]
+    return edge_index.index_select(1, order)
+
+
+def sort_edges(edge_index: Tensor, num_nodes: int, remove_self_loops: bool = True
+               ) -> Tuple[Tensor, Tensor]:
+    """Sort ``edge_index [2, E]`` by target then source (self-loops dropped); returns it and ``ptr``.
+    One host read (the number of edges kept) when ``remove_self_loops``; none otherwise."""
+    edge_index = edge_index.long()
+    src, dst = edge_index[0], edge_index[1]
+    key = dst * num_nodes + src
+    if not remove_self_loops:
+        edge_index = edge_index.index_select(1, torch.sort(key, stable=True).indices)
+    else:
+        keep = src != dst
+        edge_index = _compact_sorted(edge_index, keep, key, read_counts(keep.sum())[0])
+    return edge_index, csr_pointer(edge_index[1], num_nodes)
+
+
+def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int) -> Tuple[Tensor, Tensor]:
+    """:func:`pair_rows` of an edge list known to be symmetric, with ``num_pairs`` edges j -> i,
+    j < i: sync-free (the pair list is filled by a scatter instead of ``nonzero``)."""
+    src, dst = edge_index[0], edge_index[1]
+    E = src.numel()
+    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
+    rev = torch.searchsorted(key, rev_key).clamp_(max=max(E - 1, 0))
+    lower = src < dst
+    row = torch.cumsum(lower, 0) - 1
+    edge_row = torch.where(lower, row, row.index_select(0, rev))
+    # pair[row[e]] = e for the lower edges; the others write into a spare last slot, then cut
+    slot = torch.where(lower, row, num_pairs)
+    pair = torch.zeros(num_pairs + 1, dtype=torch.long, device=src.device)
+    pair = pair.scatter_(0, slot, torch.arange(E, device=src.device))[:num_pairs]
+    return pair, edge_row
+
+
+def _symmetry_counts(edge_index: Tensor, num_nodes: int, loops_last: bool = False
+                     ) -> Tuple[Tensor, Tensor]:
+    """Device-side ``(every edge has its reverse, number of edges j -> i with j < i)`` of a
+    target-sorted edge list, for one host read together with other counts. Self-loops make the
+    list not symmetric, unless ``loops_last`` (sorted last, to be cut off afterwards: ignored)."""
+    src, dst = edge_index[0], edge_index[1]
+    E = src.numel()
+    if E == 0:
+        zero = torch.zeros((), dtype=torch.long, device=src.device)
+        return zero, zero
+    loop = src == dst
+    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
+    if loops_last:
+        key = torch.where(loop, torch.iinfo(key.dtype).max, key)
+    rev = torch.searchsorted(key, rev_key).clamp_(max=E - 1)
+    has_reverse = key.index_select(0, rev) == rev_key
+    symmetric = (has_reverse | loop).all() if loops_last else (has_reverse & ~loop).all()
+    return symmetric, (src < dst).sum()
+
+
+def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
+              ) -> Optional[Tuple[Tensor, Tensor]]:
+    """For a symmetric edge list without self-loops, sorted by target then source: ``(pair [R],
+    edge_row [E])`` with ``pair`` the edges ``j -> i`` with ``j < i`` (one per unordered pair) and
+    ``edge_row[e]`` the position in ``pair`` of ``e`` or of its reverse. Both directions have
+    bit-identical distances (the difference vectors are exact negatives), so their edge terms can be
+    computed once per pair.
+
+    ``symmetric=True``: the caller knows the list is symmetric without duplicates (a radius graph):
+    no host synchronization. Otherwise the list is checked (one host read) and ``None`` is returned
+    when some edge has no reverse (e.g. a kNN graph) or is a self-loop.
+    """
+    E = edge_index.size(1)
+    if E == 0:
+        return None
+    if symmetric:
+        return _pairs_of_symmetric(edge_index, num_nodes, E // 2)
+    ok, num_pairs = read_counts(*_symmetry_counts(edge_index, num_nodes))
+    return _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if ok else None
+
+
+def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = ()
+               ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
+    """A bond list (any order, both directions, maybe with self-loops) as a plex: ``(edge_index
+    [2, E], ptr [N + 1], pair_rows or None)``, self-loops dropped, sorted by target then source;
+    ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it
+    (``checks``: :class:`InputCheck` flags read in the same read)."""
+    bonds = bonds.long()
+    src, dst = bonds[0], bonds[1]
+    keep = src != dst
+    key = dst * num_nodes + src
+    edge_index = _compact_sorted(bonds, keep, key, bonds.size(1))  # all, self-loops last
+    symmetric, num_pairs = _symmetry_counts(edge_index, num_nodes, loops_last=True)
+    count, symmetric, num_pairs, *ok = read_counts(keep.sum(), symmetric, num_pairs, *checks)
+    _raise_failed(checks, ok)
+    edge_index = edge_index[:, :count]
+    pairs = _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if symmetric and count else None
+    return edge_index, csr_pointer(edge_index[1], num_nodes), pairs
+
+
+def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
+    """Position of edge ``dst -> src`` for each edge ``src -> dst`` (any order); ``ValueError`` if
+    one is missing (one host read)."""
+    key = dst * num_nodes + src
+    order = torch.argsort(key)
+    want = src * num_nodes + dst
+    pos = torch.searchsorted(key.index_select(0, order), want).clamp(max=max(0, key.numel() - 1))
+    rev = order.index_select(0, pos) if key.numel() else pos
+    if key.numel() and not bool((key.index_select(0, rev) == want).all()):
+        raise ValueError("the edge list must be symmetric (every edge in both directions)")
+    return rev
+
+
+def batch_of(data, num_nodes: int, device) -> Tuple[Tensor, int]:
+    """``(batch [N], num_graphs)`` of a PyG ``Data``/``Batch`` (one graph without ``batch``). Reads
+    ``batch.max()`` from the device only when ``data.num_graphs`` is not a Python int."""
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.zeros(num_nodes, dtype=torch.long, device=device), 1
+    num_graphs = getattr(data, "num_graphs", None)
+    if not isinstance(num_graphs, int):
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    return batch.long(), num_graphs
+
+
+def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int,
+                checks: Sequence[InputCheck] = ()):
+    """The authors' RNA plexes from one ``knn(pos, pos, k)`` list (each atom among its own k, then
+    dropped): global = the list cut at ``cutoff_g`` (already target-sorted), local = the list cut at
+    ``cutoff_l`` and transposed, re-sorted. One host read for both sizes."""
+    knn = ops.knn_graph(pos, cfg.knn_k, batch, loop=True)
+    src, dst = knn[0], knn[1]
+    d = edge_distance(pos, knn)
+    not_loop = src != dst
+    keep_g, keep_l = not_loop & (d <= cfg.cutoff_g), not_loop & (d <= cfg.cutoff_l)
+    count_g, count_l, *ok = read_counts(keep_g.sum(), keep_l.sum(), *checks)
+    _raise_failed(checks, ok)
+    position = torch.arange(knn.size(1), device=pos.device)
+    ei_g = _compact_sorted(knn, keep_g, position, count_g)
+    ei_l = _compact_sorted(knn.flip(0), keep_l, src * num_nodes + dst, count_l)
+    return ei_g, csr_pointer(ei_g[1], num_nodes), ei_l, csr_pointer(ei_l[1], num_nodes)
+
+
+def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
+                 global_plex: bool = True, num_graphs: Optional[int] = None,
+                 checks: Sequence[InputCheck] = (), merge_angles: bool = True) -> Graphs:
+    """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
+    (graphs never interact).
+
+    Default: global = ``radius_graph(cutoff_g)`` or ``knn_graph(knn_k, r=cutoff_g)`` (messages into i
+    from its k nearest); local = bonds or ``radius_graph(cutoff_l)``; triplets without self pairs.
+    Radius plexes are symmetric by construction, so their pair rows need no check; a bond list is
+    checked (one host read, with its self-loop count). ``reference_compat`` with a kNN global plex
+    (the authors' RNA model): one list, their ``knn(pos, pos, k)`` with each atom counted among its
+    own k and then dropped; the global plex is that list cut at ``cutoff_g`` with each query receiving
+    from its neighbours (their global layer runs with ``flow='target_to_source'``), the local plex the
+    same list cut at ``cutoff_l`` and transposed (their local layer reads it as ``j, i = query,
+    neighbour``); one-hop triplets include each edge paired with itself. ``global_plex=False``: the
+    global fields are ``None`` (the streamed path, :mod:`pamnet_fast.nn.stream`, builds it per block;
+    not with ``reference_compat`` + kNN). ``num_graphs``: stored with ``batch`` in the result
+    (``batch.max() + 1`` is read from the device when not given). ``checks``: input checks
+    (:class:`InputCheck`) read in the same host read as the graph sizes (or alone, when no size
+    needs reading: radius plexes). ``merge_angles``: also the :class:`AngleLists` (PAMNet; PAMNet-s
+    uses the one-hop list only).
+    """
+    n = pos.size(0)
+    compat = cfg.reference_compat
+    mnn = cfg.max_num_neighbors
+    compat_knn = compat and cfg.global_graph == "knn"
+    if cfg.global_graph not in ("radius", "knn"):
+        raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
+    if cfg.local_graph not in ("bonds", "radius"):
+        raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
+    if cfg.local_graph == "bonds" and bonds is None:
+        raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
+    # the input checks ride on the one read that sizes an edge list (or are read alone)
+    bond_checks = tuple(checks) if cfg.local_graph == "bonds" else ()
+    knn_checks = tuple(checks) if compat_knn and not bond_checks else ()
+    if checks and not bond_checks and not knn_checks:
+        _raise_failed(checks, read_counts(*checks))
+    if compat_knn:
+        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, knn_checks)
+    if not global_plex:
+        ei_g = ptr_g = None
+    elif compat_knn:
+        pass
+    elif cfg.global_graph == "knn":
+        ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
+    else:
+        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True)
+    dist_g = edge_distance(pos, ei_g) if global_plex else None
+    # radius plexes are symmetric by construction (max_num_neighbors raises, never truncates)
+    pairs_g = (pair_rows(ei_g, n, symmetric=True)
+               if global_plex and cfg.global_graph == "radius" else None)
+
+    if cfg.local_graph == "bonds":
+        ei_l, ptr_l, pairs_l = bond_graph(bonds, n, bond_checks)
+    elif compat_knn:
+        ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
+    else:
+        ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn, return_ptr=True)
+        pairs_l = pair_rows(ei_l, n, symmetric=True)
+    dist_l = edge_distance(pos, ei_l)
+    trip = ops.triplets(ei_l, n, include_self_pairs=compat)
+    edge_ids = torch.arange(ei_l.size(1), device=pos.device)
+    if batch is None:
+        batch, num_graphs = torch.zeros(n, dtype=torch.long, device=pos.device), 1
+    elif num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    pair_g, edge_row_g = pairs_g or (None, None)
+    pair_l, edge_row_l = pairs_l or (None, None)
+    angles = merged_angle_lists(trip) if merge_angles else None
+    return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
+                  pair_l, edge_row_l, batch.long(), num_graphs, angles)
