@@ -406,6 +406,17 @@ def test_segment_gather_mul_bad_input():
         KERNELS["segment_gather_mul"](a, out_of_range, b, ptr)
     with pytest.raises(ValueError):
         KERNELS["segment_gather_mul"](a, src, b[:, :4], ptr)
+    # value checks (one check kernel on the Triton path): each names its problem
+    bad = ptr.clone()
+    bad[1], bad[2] = bad[2] + 1, bad[1]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        KERNELS["segment_gather_mul"](a, src, b, bad)
+    with pytest.raises(ValueError, match="start at 0"):
+        KERNELS["segment_gather_mul"](a, src, b, ptr + 1)
+    negative = src.clone()
+    negative[-1] = -1
+    with pytest.raises(ValueError, match=r"src has entries outside \[0, 5\)"):
+        KERNELS["segment_gather_mul"](a, negative, b, ptr)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -449,6 +460,12 @@ def test_fused_edge_message_bad_input():
         KERNELS["fused_edge_message"](p, q, r, s.double(), ptr, src)
     with pytest.raises(TypeError):
         tk.fused_edge_message(p, q, r, s, ptr.float(), src)
+    row = torch.zeros(e, dtype=torch.long, device=DEV)
+    row[0] = e
+    with pytest.raises(ValueError, match="edge_row has entries outside"):
+        KERNELS["fused_edge_message"](p, q, r, s, ptr, src, row)
+    with pytest.raises(ValueError, match="at least one entry"):
+        KERNELS["fused_edge_message"](p[:0], q, r[:0], s[:0], ptr[:0], src[:0])
 
 
 def test_message_ops_empty_graphs_and_odd_widths():
@@ -647,7 +664,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 mods = {m: importlib.import_module("pamnet_fast.ops.triton." + m)
-        for m in ("neighbors", "triplets", "segment", "message", "basis")}
+        for m in ("neighbors", "triplets", "segment", "message", "basis", "_common")}
 I = "*i64"
 F32, F64 = tl.float32, tl.float64
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -690,6 +707,7 @@ cases = [
     case("message", "_bwd_segment_kernel", "*fp16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
     case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
     case("message", "_bwd_transposed_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, BY_ROW=True, HAS_ROW=True, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=64)),
+    case("_common", "_csr_check_kernel", I, dict(num_ptr="i64", nnz="i64", num_a="i64", upper_a="i64", num_b="i64", upper_b="i64", flag_ptr="*i32"), dict(BLOCK=1024)),
     case("basis", "_bessel_kernel", "*fp32", dict(num_edges="i32", num_radial="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_FREQ=True, NUM_SERIES=9, BLOCK_E=64, BLOCK_N=8)),
     case("basis", "_spherical_kernel", "*fp32", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=False, NEED_DIST=False, NEED_ANGLE=False, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
     case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),

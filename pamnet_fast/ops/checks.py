@@ -95,14 +95,18 @@ def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int) -> None:
                          f"ascending order)")
 
 
+def nonempty_pointer(op: str, name: str, ptr) -> None:
+    index(op, name, ptr)
+    if ptr.numel() == 0:
+        raise ValueError(f"{op}: {name} must have at least one entry (ptr[0] = 0)")
+
+
 def csr_and_indices(op: str, ptr_name: str, ptr: Tensor, nnz: int, *indices) -> None:
     """:func:`csr_pointer` and :func:`index_range` for each ``(name, idx, upper)`` of ``indices``, with
     one device-to-host read: the conditions are reduced on the device into one flag, and only a bad
     input pays for the detailed checks that name the problem (on a GPU each ``int()``/``bool()`` of a
     device value is a synchronization; five of them cost more than the kernel at 1e5 entries)."""
-    index(op, ptr_name, ptr)
-    if ptr.numel() == 0:
-        raise ValueError(f"{op}: {ptr_name} must have at least one entry (ptr[0] = 0)")
+    nonempty_pointer(op, ptr_name, ptr)
     flags = [ptr[0] != 0, ptr[-1] != nnz]
     if ptr.numel() > 1:
         flags.append((ptr[1:] < ptr[:-1]).any())

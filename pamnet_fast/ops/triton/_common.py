@@ -131,3 +131,42 @@ def transpose_csr(idx: torch.Tensor, num_rows: int):
     tptr = torch.zeros(num_rows + 1, dtype=torch.int64, device=idx.device)
     torch.cumsum(counts, 0, out=tptr[1:])
     return perm, tptr
+
+
+# --- Value checks of CSR inputs in one kernel and one device-to-host read ---
+
+CHECK_BLOCK = 1024
+
+
+@triton.jit
+def _csr_check_kernel(ptr_ptr, num_ptr, nnz, a_ptr, num_a, upper_a, b_ptr, num_b, upper_b, flag_ptr,
+                      BLOCK: tl.constexpr):
+    """flag |= 1 if ``ptr`` does not start at 0, end at ``nnz`` and never decrease, or an entry of
+    ``a`` (``b``) is outside ``[0, upper_a)`` (``[0, upper_b)``). Integer OR: order-independent."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_ptr = i < num_ptr
+    cur = tl.load(ptr_ptr + i, mask=in_ptr, other=0)
+    nxt = tl.load(ptr_ptr + i + 1, mask=i + 1 < num_ptr, other=nnz)
+    bad = in_ptr & (((i == 0) & (cur != 0)) | ((i == num_ptr - 1) & (cur != nnz)) | (cur > nxt))
+    a = tl.load(a_ptr + i, mask=i < num_a, other=0)
+    bad = bad | ((i < num_a) & ((a < 0) | (a >= upper_a)))
+    b = tl.load(b_ptr + i, mask=i < num_b, other=0)
+    bad = bad | ((i < num_b) & ((b < 0) | (b >= upper_b)))
+    tl.atomic_or(flag_ptr, tl.max(bad.to(tl.int32), axis=0))
+
+
+def check_csr(op: str, ptr_name: str, ptr: torch.Tensor, nnz: int, *indices) -> None:
+    """:func:`pamnet_fast.ops.checks.csr_and_indices` for int64 ``ptr`` and (at most two) int64 index
+    vectors ``(name, idx, upper)``: one check kernel and one device-to-host read of its flag, instead
+    of a dozen small torch kernels; only a bad input runs the detailed checks that name the problem."""
+    from .. import checks
+    if ptr.numel() == 0:
+        raise ValueError(f"{op}: {ptr_name} must have at least one entry (ptr[0] = 0)")
+    (_, a, upper_a), (_, b, upper_b) = (list(indices) + [("", ptr[:0], 0)] * 2)[:2]
+    flag = torch.zeros(1, dtype=torch.int32, device=ptr.device)
+    size = max(ptr.numel(), a.numel(), b.numel())
+    _csr_check_kernel[(triton.cdiv(size, CHECK_BLOCK),)](
+        ptr, ptr.numel(), nnz, a, a.numel(), upper_a, b, b.numel(), upper_b, flag, BLOCK=CHECK_BLOCK)
+    if int(flag.item()):
+        checks.csr_and_indices(op, ptr_name, ptr, nnz, *indices)
+        raise AssertionError(f"{op}: the check kernel flagged the input but no detailed check did")

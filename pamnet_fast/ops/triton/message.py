@@ -33,8 +33,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import validate
-from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, rows_of, segment_autotune,
-                      segment_grid, size_class, transpose_csr)
+from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
+                      segment_autotune, segment_grid, size_class, transpose_csr)
 from .segment import gather_mul_sum
 
 
@@ -179,13 +179,18 @@ _bwd_transposed = segment_autotune(_bwd_transposed_kernel)
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
                        edge_row: Optional[Tensor] = None) -> Tensor:
     """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``."""
-    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True)
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True, values=False)
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
     ptr, src = as_index(ptr), as_index(src)
+    ranges = [("src", src, q.size(0))]
+    if edge_row is not None:
+        edge_row = as_index(edge_row)
+        ranges.append(("edge_row", edge_row, r.size(0)))
+    check_csr("fused_edge_message", "ptr", ptr, src.numel(), *ranges)
     num_rows, num_features = ptr.numel() - 1, p.size(1)
     out = p.new_empty(num_rows, num_features)  # every row is written (no edges: zeros)
     if num_rows and num_features:
-        erow = src if edge_row is None else as_index(edge_row)
+        erow = src if edge_row is None else edge_row
         _fwd[segment_grid(num_rows, num_features)](
             p, q, r, s, ptr, src, erow, out, num_features, size_class(src.numel(), num_rows),
             HAS_ROW=edge_row is not None, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)

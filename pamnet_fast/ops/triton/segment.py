@@ -28,8 +28,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import validate
-from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, rows_of, segment_autotune,
-                      segment_grid, size_class, transpose_csr)
+from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
+                      segment_autotune, segment_grid, size_class, transpose_csr)
 
 
 @triton.jit
@@ -101,9 +101,10 @@ def gather_mul_sum(x, ix, y: Tensor, iy, seg: Tensor, num_rows: int) -> Tensor:
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor:
     """Schema kernel of ``pamnet_fast::segment_gather_mul``: ``[R, F]``."""
-    validate.segment_gather_mul(a, src, b, ptr, half_ok=True)
-    return gather_mul_sum(a.contiguous(), as_index(src), b.contiguous(), None, as_index(ptr),
-                          ptr.numel() - 1)
+    validate.segment_gather_mul(a, src, b, ptr, half_ok=True, values=False)
+    src, ptr = as_index(src), as_index(ptr)
+    check_csr("segment_gather_mul", "ptr", ptr, b.size(0), ("src", src, a.size(0)))
+    return gather_mul_sum(a.contiguous(), src, b.contiguous(), None, ptr, ptr.numel() - 1)
 
 
 def segment_gather_mul_backward(grad_out: Tensor, a: Tensor, src: Tensor, b: Tensor, ptr: Tensor,
