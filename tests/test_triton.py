@@ -710,7 +710,7 @@ cases = [
     case("_common", "_csr_check_kernel", I, dict(num_ptr="i64", nnz="i64", num_a="i64", upper_a="i64", num_b="i64", upper_b="i64", flag_ptr="*i32"), dict(BLOCK=1024)),
     case("basis", "_bessel_kernel", "*fp32", dict(num_edges="i32", num_radial="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_FREQ=True, NUM_SERIES=9, BLOCK_E=64, BLOCK_N=8)),
     case("basis", "_spherical_kernel", "*fp32", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=False, NEED_DIST=False, NEED_ANGLE=False, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
-    case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
+    case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=8, BLOCK_C=64)),
 ]
 out = {}
 for name, src, opts in cases:
