@@ -99,7 +99,7 @@ def targets(groups):
             continue
         ours, brute = med(g.split(": ", 1)[1]), med(g.split(": ", 1)[1], "brute_force")
         if ours and brute:
-            add(f"{g}: faster than brute force", f"{brute / ours:.2f}×", brute > ours)
+            add(f"{g}: faster than brute force", f"{brute / ours:.3g}×", brute > ours)
     for g, rows in groups.items():
         if "fwd+bwd" not in g:
             continue
@@ -110,7 +110,7 @@ def targets(groups):
         if "torch.compile" in by:
             ratio = by["torch.compile"]["stats"]["median"] / o["stats"]["median"]
             big = (o["extra_info"].get("edges") or o["extra_info"].get("rows") or 0) >= 1_000_000
-            add(f"{g}: faster than torch.compile{' (≥ 1.5×)' if big else ''}", f"{ratio:.2f}×",
+            add(f"{g}: faster than torch.compile{' (≥ 1.5×)' if big else ''}", f"{ratio:.3g}×",
                 ratio >= (1.5 if big else 1.0))
         floor = o["extra_info"].get("floor_ms")
         if floor:
