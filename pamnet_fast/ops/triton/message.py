@@ -60,8 +60,8 @@ def _fwd_kernel(p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, erow_ptr, out_ptr,
         m2 = emask[:, None] & fmask[None, :]
         koffs = k[:, None] * num_features + f[None, :]
         q = tl.load(q_ptr + j[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
-        r = tl.load(r_ptr + koffs, mask=m2, other=0.0).to(ACC)
-        s = tl.load(s_ptr + koffs, mask=m2, other=0.0).to(ACC)
+        r = tl.load(r_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
+        s = tl.load(s_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
         h = p[None, :] + q + r
         silu = h / (1.0 + tl.exp(-h))
         acc += tl.sum(silu * s, axis=0)
@@ -94,16 +94,18 @@ def _bwd_segment_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, ero
         m2 = emask[:, None] & fmask[None, :]
         koffs = k[:, None] * num_features + f[None, :]
         q = tl.load(q_ptr + j[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
-        r = tl.load(r_ptr + koffs, mask=m2, other=0.0).to(ACC)
+        r = tl.load(r_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
         h = p[None, :] + q + r
         sig = 1.0 / (1.0 + tl.exp(-h))
         if NEED_S:
-            tl.store(gs_ptr + koffs, (g[None, :] * (h * sig)).to(gs_ptr.dtype.element_ty), mask=m2)
+            tl.store(gs_ptr + koffs, (g[None, :] * (h * sig)).to(gs_ptr.dtype.element_ty), mask=m2,
+                     eviction_policy="evict_first")
         if NEED_P or NEED_R:
-            s = tl.load(s_ptr + koffs, mask=m2, other=0.0).to(ACC)
+            s = tl.load(s_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
             gh = (g[None, :] * s) * (sig * (1.0 + h * (1.0 - sig)))
             if NEED_R:
-                tl.store(gr_ptr + koffs, gh.to(gr_ptr.dtype.element_ty), mask=m2)
+                tl.store(gr_ptr + koffs, gh.to(gr_ptr.dtype.element_ty), mask=m2,
+                         eviction_policy="evict_first")
             if NEED_P:
                 acc += tl.sum(gh, axis=0)
     if NEED_P:
@@ -157,8 +159,8 @@ def _bwd_transposed_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr
             else:
                 k = e
             koffs = k[:, None] * num_features + f[None, :]
-            r = tl.load(r_ptr + koffs, mask=m2, other=0.0).to(ACC)
-            s = tl.load(s_ptr + koffs, mask=m2, other=0.0).to(ACC)
+            r = tl.load(r_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
+            s = tl.load(s_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
             h = p + q_m[None, :] + r
         sig = 1.0 / (1.0 + tl.exp(-h))
         if NEED_A:

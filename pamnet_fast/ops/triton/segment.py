@@ -52,11 +52,13 @@ def gather_mul_sum_kernel(x_ptr, ix_ptr, y_ptr, iy_ptr, seg_ptr, out_ptr, num_fe
         else:
             yi = t
         m2 = tmask[:, None] & fmask[None, :]
-        term = tl.load(y_ptr + yi[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
+        # entries are read once: evict them first, keep the gathered rows of x in L2
+        term = tl.load(y_ptr + yi[:, None] * num_features + f[None, :], mask=m2, other=0.0,
+                       eviction_policy="evict_first").to(ACC)
         if HAS_X:
             xi = tl.load(ix_ptr + t, mask=tmask, other=0)
             term = tl.load(x_ptr + xi[:, None] * num_features + f[None, :], mask=m2,
-                                other=0.0).to(ACC) * term
+                           other=0.0).to(ACC) * term
         acc += tl.sum(term, axis=0)
     tl.store(out_ptr + row * num_features + f, acc.to(out_ptr.dtype.element_ty), mask=fmask)
 
@@ -78,7 +80,7 @@ def _scale_rows_kernel(g_ptr, a_ptr, src_ptr, seg_ptr, out_ptr, num_features, si
         m2 = tmask[:, None] & fmask[None, :]
         av = tl.load(a_ptr + ai[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
         tl.store(out_ptr + t[:, None] * num_features + f[None, :],
-                 (g[None, :] * av).to(out_ptr.dtype.element_ty), mask=m2)
+                 (g[None, :] * av).to(out_ptr.dtype.element_ty), mask=m2, eviction_policy="evict_first")
 
 
 _gather_mul_sum = segment_autotune(gather_mul_sum_kernel)
