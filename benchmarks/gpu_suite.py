@@ -8,6 +8,8 @@ runs ``pytest benchmarks/test_gpu.py --benchmark-only --benchmark-json=DIR/gpu_r
 finished case is also appended to ``DIR/gpu_results.jsonl``) and writes ``DIR/RESULTS_GPU.md`` with
 ``benchmarks/write_gpu_results.py`` (from the JSON, or from the JSON lines if pytest was cut short).
 ``DIR`` defaults to ``benchmarks/``. Extra arguments after ``--`` go to pytest (e.g. ``-- -k message``).
+Cases that would start after ``--budget`` seconds (default 480) are skipped and listed as such, so
+that a 10-minute slot on a lent GPU always ends with the results file written.
 
 CPU smoke run (Triton's interpreter, tiny sizes, no torch.compile baseline; proves the pipeline)::
 
@@ -31,15 +33,21 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke run: TRITON_INTERPRET=1)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one round")
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds after which the remaining cases are skipped (0: none; default 480 on "
+                         "CUDA, none for the CPU smoke run); the writer still runs")
     ap.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = ap.parse_args(argv)
+    if args.budget is None:
+        args.budget = 480.0 if args.device.startswith("cuda") else 0.0
     if args.device == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         ap.error("--device cpu runs the kernels through Triton's interpreter: set TRITON_INTERPRET=1")
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, log_path = args.out / "gpu_results.json", args.out / "gpu_results.jsonl"
     for p in (json_path, log_path):
         p.unlink(missing_ok=True)
-    env = dict(os.environ, PAMNET_GPU_BENCH_DEVICE=args.device, PAMNET_GPU_BENCH_LOG=str(log_path))
+    env = dict(os.environ, PAMNET_GPU_BENCH_DEVICE=args.device, PAMNET_GPU_BENCH_LOG=str(log_path),
+               PAMNET_GPU_BENCH_BUDGET_S=str(args.budget))
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("PYTHONPATH", "")) if x)
     cache = HERE / "gpu_inputs" / "cache"
     if "PAMNET_FAST_CACHE" not in env and cache.is_dir():

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,10 @@ DEV = os.environ.get("PAMNET_GPU_BENCH_DEVICE", "cuda")
 SMOKE = not DEV.startswith("cuda")
 INPUTS = Path(os.environ.get("PAMNET_GPU_INPUTS", HERE / "gpu_inputs"))
 LOG = os.environ.get("PAMNET_GPU_BENCH_LOG")  # JSON lines, one per finished case (partial runs)
+# Wall-clock budget of the session (seconds, 0: none): cases starting after it are skipped, so that
+# a run on a lent machine ends with results written rather than killed. gpu_suite.py sets it.
+BUDGET_S = float(os.environ.get("PAMNET_GPU_BENCH_BUDGET_S", "0"))
+_STARTED = time.time()
 
 if SMOKE:
     _skip = (os.environ.get("TRITON_INTERPRET", "0") in ("", "0"),
@@ -62,6 +67,12 @@ if SMOKE:
 else:
     _skip = (not torch.cuda.is_available(), "needs a CUDA device")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_skip[0], reason=_skip[1])]
+
+
+@pytest.fixture(autouse=True)
+def _within_budget():
+    if BUDGET_S and time.time() - _STARTED > BUDGET_S:
+        pytest.skip(f"time budget of {BUDGET_S:.0f} s spent (PAMNET_GPU_BENCH_BUDGET_S)")
 
 
 def _sync():
