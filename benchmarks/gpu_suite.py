@@ -2,12 +2,13 @@
 
 On a GPU machine (inputs from ``python3 benchmarks/save_gpu_inputs.py`` in ``benchmarks/gpu_inputs``)::
 
-    PYTHONPATH=. PAMNET_FAST_DISABLE_EXTENSION=1 python3 benchmarks/gpu_suite.py [--out DIR]
+    PYTHONPATH=. PAMNET_FAST_DISABLE_EXTENSION=1 python3 benchmarks/gpu_suite.py [--tests] [--out DIR]
 
 runs ``pytest benchmarks/test_gpu.py --benchmark-only --benchmark-json=DIR/gpu_results.json`` (each
 finished case is also appended to ``DIR/gpu_results.jsonl``) and writes ``DIR/RESULTS_GPU.md`` with
 ``benchmarks/write_gpu_results.py`` (from the JSON, or from the JSON lines if pytest was cut short).
-``DIR`` defaults to ``benchmarks/``. Extra arguments after ``--`` go to pytest (e.g. ``-- -k message``).
+``--tests`` first runs ``tests/test_triton.py`` on the device (its summary and failures go into the
+results file). ``DIR`` defaults to ``benchmarks/``. Extra arguments after ``--`` go to pytest (e.g. ``-- -k message``).
 Cases that would start after ``--budget`` seconds (default 480) are skipped and listed as such, so
 that a 10-minute slot on a lent GPU always ends with the results file written.
 
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds after which the remaining cases are skipped (0: none; default 480 on "
                          "CUDA, none for the CPU smoke run); the writer still runs")
+    ap.add_argument("--tests", action="store_true",
+                    help="first run tests/test_triton.py on the device (the kernels against the "
+                         "reference ops); its summary goes into RESULTS_GPU.md")
     ap.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = ap.parse_args(argv)
     if args.budget is None:
@@ -52,6 +56,18 @@ def main(argv=None) -> int:
     cache = HERE / "gpu_inputs" / "cache"
     if "PAMNET_FAST_CACHE" not in env and cache.is_dir():
         env["PAMNET_FAST_CACHE"] = str(cache)  # PyG DimeNet's sympy expressions, saved with the inputs
+    tests_path = args.out / "gpu_tests.txt"
+    tests_path.unlink(missing_ok=True)
+    if args.tests:
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               str(REPO / "tests" / "test_triton.py")], env=env, cwd=REPO,
+                              capture_output=True, text=True)
+        summary = (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
+        failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAILED")]
+        text = f"tests/test_triton.py on {args.device}: {summary} ({time.time() - t0:.0f} s)\n"
+        tests_path.write_text(text + "".join(f"{ln}\n" for ln in failed))
+        print(text + proc.stdout[-3000:], flush=True)
     cmd = [sys.executable, "-m", "pytest", str(HERE / "test_gpu.py"), "--benchmark-only",
            f"--benchmark-json={json_path}", "-p", "no:cacheprovider", "-q", "-rs"]
     if args.quick:

@@ -37,6 +37,7 @@ and for the op cases ``bytes`` (each input read once + each output written once)
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -142,6 +143,14 @@ def _log(benchmark) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
+def _release(tensors) -> None:
+    """Free the storage of a case's tensors now (a failed case's traceback would keep them alive,
+    and the 1e7-edge cases hold tens of GB)."""
+    for t in tensors:
+        t.grad = None
+        t.data = t.data.new_empty(0)
+
+
 @pytest.fixture(scope="session")
 def copy_bandwidth():
     """Bytes per second of ``y.copy_(x)`` (read + write) for a 1 GiB float32 tensor (4 MiB smoke)."""
@@ -232,6 +241,7 @@ MESSAGE_OPS = ["segment_gather_mul", "fused_edge_message", "fused_edge_message+e
 MESSAGE_IMPLS = ["ours", "torch.compile", "eager"]
 
 
+@functools.lru_cache(maxsize=2)
 def _pair_graph(num_edges: int, seed: int = 0):
     """A symmetric random graph of ``num_edges / 2`` pairs over ``num_edges / 20`` nodes (mean degree
     20), both directions of each pair sharing a row (``edge_row``), sorted by target then source."""
@@ -391,6 +401,7 @@ def test_message_ops(benchmark, copy_bandwidth, size, op, impl):
             t.grad = None
 
     _measure(benchmark, run, reset, rounds=5 if num_edges >= 10_000_000 else 10, profile=impl == "ours")
+    _release(inputs + [grad, out])
 
 
 # -------------------------------------------------------------------------------- basis ops
@@ -458,6 +469,7 @@ def test_basis_ops(benchmark, copy_bandwidth, size, impl):
             t.grad = None
 
     _measure(benchmark, run, reset, rounds=5 if rows >= 10_000_000 else 10, profile=impl == "ours")
+    _release(leaves + [grad, out])
 
 
 # ------------------------------------------------------------------------------------ models

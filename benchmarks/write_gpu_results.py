@@ -131,6 +131,9 @@ def render(rows, meta, skipped, source: Path) -> str:
            + (f" · torch {meta['torch']}" if meta.get("torch") else ""), ""]
     if meta.get("command"):
         out += [f"Command: `{meta['command']}`", ""]
+    tests = source.parent / "gpu_tests.txt"  # written by gpu_suite.py --tests
+    if tests.exists():
+        out += ["Correctness: " + tests.read_text().strip().replace("\n", "  \n"), ""]
     out += ["Times: median of the rounds of one call, synchronized (wall clock, host overhead included). "
             "`ours faster by`: that row's median / ours (> 1: ours is faster). `floor`: bytes of each "
             "input read once and each output written once, forward + backward, at the copy bandwidth "
