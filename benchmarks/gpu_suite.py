@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds after which the remaining cases are skipped (0: none; default 480 on "
                          "CUDA, none for the CPU smoke run); the writer still runs")
+    ap.add_argument("--autotune", action="store_true",
+                    help="PAMNET_FAST_TRITON_AUTOTUNE=1: the segment kernels' tiles by triton.autotune "
+                         "instead of the rule (compare the two runs' message-op rows)")
     ap.add_argument("--tests", action="store_true",
                     help="first run tests/test_triton.py on the device (the kernels against the "
                          "reference ops); its summary goes into RESULTS_GPU.md")
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     env = dict(os.environ, PAMNET_GPU_BENCH_DEVICE=args.device, PAMNET_GPU_BENCH_LOG=str(log_path),
                PAMNET_GPU_BENCH_BUDGET_S=str(args.budget))
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), env.get("PYTHONPATH", "")) if x)
+    if args.autotune:
+        env["PAMNET_FAST_TRITON_AUTOTUNE"] = "1"
     cache = HERE / "gpu_inputs" / "cache"
     if "PAMNET_FAST_CACHE" not in env and cache.is_dir():
         env["PAMNET_FAST_CACHE"] = str(cache)  # PyG DimeNet's sympy expressions, saved with the inputs

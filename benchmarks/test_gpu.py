@@ -384,7 +384,8 @@ def test_message_ops(benchmark, copy_bandwidth, size, op, impl):
     forward = _message_forward(op, impl, n, src, dst, row, ptr, inputs)
     benchmark.group = f"{op} fwd+bwd E={num_edges:.0e} F={features} {dtype}"
     benchmark.extra_info.update(impl=impl, baseline=impl == "torch.compile", baseline2=impl == "eager",
-                                op=op, edges=src.numel(), features=features, nodes=n, dtype=dtype)
+                                op=op, edges=src.numel(), features=features, nodes=n, dtype=dtype,
+                                triton_autotune=os.environ.get("PAMNET_FAST_TRITON_AUTOTUNE", "0"))
     err = _check_message(op, n, src, dst, row, ptr, inputs, grad, forward)
     benchmark.extra_info["max_rel_err"] = err
     assert err < (2e-2 if dtype == "bfloat16" else 1e-4), err

@@ -45,23 +45,35 @@ def next_pow2(n: int, minimum: int = 1) -> int:
     return max(minimum, triton.next_power_of_2(max(int(n), 1)))
 
 
-# --- The segment kernels (segment_gather_mul, fused_edge_message): tiles and autotuning ---
+# --- The segment kernels (segment_gather_mul, fused_edge_message): tiles, by rule or autotuned ---
 #
 # One program per (segment, feature tile of BLOCK_F columns); it walks its segment SEGMENT_BLOCK entries
-# at a time and writes its output tile once. SEGMENT_BLOCK is fixed, not tuned: it sets the order of the
-# floating-point sum (a tree over each block of 16 entries, then block after block), so the results are
-# the same bits whatever configuration the autotuner picks, in every process. The feature tile and the
-# warps are tuned (they change which program computes a column, not how): tiles of 16 x BLOCK_F with
-# 8-16 elements per thread. Under the interpreter (CI) there is one configuration, so nothing is timed.
+# at a time (a [16, BLOCK_F] tile of row loads) and writes its output tile once.
+#
+# Tile by rule (default): BLOCK_F = F rounded up to a power of two, between 32 and 128, and
+# BLOCK_F / 32 warps: 16 elements per thread, one program covers F <= 128 (each gathered row is read
+# whole, coalesced), wider F takes 128-column tiles. The rule matters for reproducibility: how a
+# [16, BLOCK_F] tile is spread over threads and warps sets the order in which its 16 entries are
+# added, so a configuration chosen by timing (which can differ from process to process) could give
+# different bits for the same inputs. By rule, the bits depend only on F and the dtype.
+#
+# PAMNET_FAST_TRITON_AUTOTUNE=1 (read at import) instead lets triton.autotune pick among at most
+# three tiles/warps per F, keyed on F, a size class and the dtypes: possibly faster, reproducible
+# within a process but not guaranteed bit-identical across processes. The interpreter (CI) always
+# uses the rule.
 SEGMENT_BLOCK = 16
+AUTOTUNE = os.environ.get("PAMNET_FAST_TRITON_AUTOTUNE", "0") not in ("", "0") and not INTERPRET
 
-if INTERPRET:
-    SEGMENT_CONFIGS = [triton.Config({"BLOCK_F": 64}, num_warps=4)]
-else:  # pragma: no cover - needs a GPU
-    # One pipeline stage: the loops' gathers are not software-pipelined by Triton (no shared memory
-    # in the sm_90 cubins at the default 3 stages), so more stages would only add compilations.
-    SEGMENT_CONFIGS = [triton.Config({"BLOCK_F": bf}, num_warps=w, num_stages=1)
-                       for bf, w in ((32, 1), (64, 2), (128, 4), (128, 8), (256, 8))]
+# One pipeline stage: the loops' gathers are not software-pipelined by Triton (no shared memory in
+# the sm_90 cubins at the default 3 stages), so more stages would only add compilations.
+SEGMENT_CONFIGS = [triton.Config({"BLOCK_F": bf}, num_warps=w, num_stages=1)
+                   for bf, w in ((32, 1), (64, 2), (128, 4), (128, 8), (256, 8))]
+
+
+def segment_tile(num_features: int):
+    """``(BLOCK_F, num_warps)`` of the rule above."""
+    block_f = min(128, next_pow2(num_features, 32))
+    return block_f, block_f // 32
 
 
 def _prune_segment_configs(configs, named_args, **kwargs):
@@ -73,10 +85,29 @@ def _prune_segment_configs(configs, named_args, **kwargs):
     return kept or configs[-1:]
 
 
-def segment_autotune(kernel):
-    """``kernel`` autotuned over :data:`SEGMENT_CONFIGS`, keyed on ``num_features``, ``size_class`` and
-    the dtypes of the tensor arguments (Triton adds those). Every tuned kernel only stores (never
-    accumulates into) its outputs, so the timing runs leave nothing to reset."""
+class _TileByRule:
+    """``kernel[grid](*args, **kw)`` with ``BLOCK_F`` and ``num_warps`` from :func:`segment_tile` (the
+    same launch syntax as the autotuned kernel: ``grid`` may be a function of the meta-parameters)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self._features = kernel.arg_names.index("num_features")
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            block_f, warps = segment_tile(args[self._features])
+            g = grid({"BLOCK_F": block_f}) if callable(grid) else grid
+            return self.kernel[g](*args, BLOCK_F=block_f, num_warps=warps, **kwargs)
+        return launch
+
+
+def segment_kernel(kernel):
+    """``kernel`` with its tile by rule, or autotuned over :data:`SEGMENT_CONFIGS` with
+    PAMNET_FAST_TRITON_AUTOTUNE=1 (keyed on ``num_features``, ``size_class`` and the dtypes of the
+    tensor arguments; every kernel only stores, never accumulates into, its outputs, so the timing
+    runs leave nothing to reset)."""
+    if not AUTOTUNE:
+        return _TileByRule(kernel)
     return triton.autotune(SEGMENT_CONFIGS, key=["num_features", "size_class"],
                            prune_configs_by={"early_config_prune": _prune_segment_configs},
                            do_bench=_tuning_bench)(kernel)
@@ -99,7 +130,7 @@ def segment_grid(num_rows: int, num_features: int):
     return lambda meta: (num_rows, triton.cdiv(num_features, meta["BLOCK_F"]))
 
 
-# Launch option of the autotuned kernels (num_warps comes from the configuration).
+# Launch option of the segment kernels (num_warps comes from the tile rule or the configuration).
 TUNED_LAUNCH = dict(enable_fp_fusion=True)
 
 

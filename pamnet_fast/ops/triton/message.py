@@ -17,7 +17,8 @@ them (``silu'(h) = sigma * (1 + h * (1 - sigma))``, as ``torch``'s ``silu_backwa
   program per row over the transposed CSR of ``edge_row`` (replaces ``index_add_``, whose float
   atomics made the result depend on the schedule).
 
-All sums run in a fixed order (CSR order, 16-entry blocks): the same bits on every run.
+All sums run in a fixed order (CSR order, 16-entry blocks, tiles by rule): the same bits on every
+run.
 
 Bytes per forward + backward without ``edge_row`` (``E`` edges, ``F`` features, node terms aside):
 ``r`` and ``s`` read twice, ``grad_r`` and ``grad_s`` written once and ``grad_r`` read once: 7 ``E x F``
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from .. import validate
 from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
-                      segment_autotune, segment_grid, size_class, transpose_csr)
+                      segment_kernel, segment_grid, size_class, transpose_csr)
 from .segment import gather_mul_sum
 
 
@@ -173,9 +174,9 @@ def _bwd_transposed_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr
         tl.store(gb_ptr + m * num_features + f, acc_b.to(gb_ptr.dtype.element_ty), mask=fmask)
 
 
-_fwd = segment_autotune(_fwd_kernel)
-_bwd_segment = segment_autotune(_bwd_segment_kernel)
-_bwd_transposed = segment_autotune(_bwd_transposed_kernel)
+_fwd = segment_kernel(_fwd_kernel)
+_bwd_segment = segment_kernel(_bwd_segment_kernel)
+_bwd_transposed = segment_kernel(_bwd_transposed_kernel)
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,

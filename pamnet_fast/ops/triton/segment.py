@@ -4,8 +4,8 @@ Forward, ``out[r] = sum_{s in seg(r)} a[src[s]] * b[s]``: one program per (segme
 ``BLOCK_F``); it walks its segment ``SEGMENT_BLOCK`` entries at a time (a ``[16, BLOCK_F]`` tile of
 coalesced row loads), sums in float32 (float64 for float64 inputs) and writes its output tile once, in
 the input dtype. Each ``b`` row is read once, each output row written once; no atomics, no ``a[src]``
-intermediate. Feature tile and warps are autotuned per ``F`` (``_common.segment_autotune``); ``F`` need
-not be a power of two (masked tiles).
+intermediate. Feature tile and warps follow a rule of ``F`` (``_common.segment_tile``; autotuned with
+PAMNET_FAST_TRITON_AUTOTUNE=1); ``F`` need not be a power of two (masked tiles).
 
 Backward:
 
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .. import validate
 from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
-                      segment_autotune, segment_grid, size_class, transpose_csr)
+                      segment_kernel, segment_grid, size_class, transpose_csr)
 
 
 @triton.jit
@@ -83,8 +83,8 @@ def _scale_rows_kernel(g_ptr, a_ptr, src_ptr, seg_ptr, out_ptr, num_features, si
                  (g[None, :] * av).to(out_ptr.dtype.element_ty), mask=m2, eviction_policy="evict_first")
 
 
-_gather_mul_sum = segment_autotune(gather_mul_sum_kernel)
-_scale_rows = segment_autotune(_scale_rows_kernel)
+_gather_mul_sum = segment_kernel(gather_mul_sum_kernel)
+_scale_rows = segment_kernel(_scale_rows_kernel)
 
 
 def gather_mul_sum(x, ix, y: Tensor, iy, seg: Tensor, num_rows: int) -> Tensor:
