@@ -384,6 +384,17 @@ def test_segment_gather_mul_bad_input():
         KERNELS["segment_gather_mul"](a, out_of_range, b, ptr)
     with pytest.raises(ValueError):
         KERNELS["segment_gather_mul"](a, src, b[:, :4], ptr)
+    # value checks (one check kernel on the Triton path): each names its problem
+    bad = ptr.clone()
+    bad[1], bad[2] = bad[2] + 1, bad[1]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        KERNELS["segment_gather_mul"](a, src, b, bad)
+    with pytest.raises(ValueError, match="start at 0"):
+        KERNELS["segment_gather_mul"](a, src, b, ptr + 1)
+    negative = src.clone()
+    negative[-1] = -1
+    with pytest.raises(ValueError, match=r"src has entries outside \[0, 5\)"):
+        KERNELS["segment_gather_mul"](a, negative, b, ptr)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -427,6 +438,125 @@ def test_fused_edge_message_bad_input():
         KERNELS["fused_edge_message"](p, q, r, s.double(), ptr, src)
     with pytest.raises(TypeError):
         tk.fused_edge_message(p, q, r, s, ptr.float(), src)
+    row = torch.zeros(e, dtype=torch.long, device=DEV)
+    row[0] = e
+    with pytest.raises(ValueError, match="edge_row has entries outside"):
+        KERNELS["fused_edge_message"](p, q, r, s, ptr, src, row)
+    with pytest.raises(ValueError, match="at least one entry"):
+        KERNELS["fused_edge_message"](p[:0], q, r[:0], s[:0], ptr[:0], src[:0])
+
+
+def test_message_ops_empty_graphs_and_odd_widths():
+    """E = 0 (every segment empty), rows without edges, and F from 1 to beyond one feature tile."""
+    for num_features in (1, 3, 65):
+        ptr = torch.zeros(4, dtype=torch.long, device=DEV)
+        src = torch.zeros(0, dtype=torch.long, device=DEV)
+        a, b = torch.randn(3, num_features, device=DEV), torch.randn(0, num_features, device=DEV)
+        _equal(tk.segment_gather_mul(a, src, b, ptr), torch.zeros(3, num_features))
+        ga, gb = KERNELS["segment_gather_mul_backward"](torch.ones(3, num_features, device=DEV), a, src, b,
+                                                        ptr, True, True)
+        _equal(ga, torch.zeros(3, num_features))
+        assert gb.shape == (0, num_features)
+        p, q = torch.randn(3, num_features, device=DEV), torch.randn(5, num_features, device=DEV)
+        r = s = torch.randn(0, num_features, device=DEV)
+        _equal(tk.fused_edge_message(p, q, r, s, ptr, src), torch.zeros(3, num_features))
+        grads = KERNELS["fused_edge_message_backward"](torch.ones(3, num_features, device=DEV), p, q, r, s,
+                                                       ptr, src, None, [True] * 4)
+        for got, want in zip(grads, (torch.zeros(3, num_features), torch.zeros(5, num_features),
+                                     torch.zeros(0, num_features), torch.zeros(0, num_features))):
+            _equal(got, want)
+        # shared rows that no edge uses get zero gradients
+        r2 = s2 = torch.randn(2, num_features, device=DEV)
+        grads = KERNELS["fused_edge_message_backward"](torch.ones(3, num_features, device=DEV), p, q, r2, s2,
+                                                       ptr, src, src, [True] * 4)
+        for got in grads:
+            assert not got.abs().any()
+
+
+def _message_inputs(dtype, seed, num_features=70):
+    ptr, src = _csr(24, 12, 9, seed)  # few sources: long transposed segments
+    e = src.numel()
+    row = torch.randint(0, 11, (e,), generator=_gen(seed + 1))
+    p, q = _randn(24, num_features, dtype=dtype, seed=seed + 2), _randn(9, num_features, dtype=dtype, seed=seed + 3)
+    r, s = _randn(e, num_features, dtype=dtype, seed=seed + 4), _randn(e, num_features, dtype=dtype, seed=seed + 5)
+    g = _randn(24, num_features, dtype=dtype, seed=seed + 6)
+    return ptr, src, row, p, q, r, s, g
+
+
+def test_message_ops_deterministic():
+    """Two runs give the same bits: forward and every gradient, with and without edge_row."""
+    ptr, src, row, p, q, r, s, g = (t.to(DEV) for t in _message_inputs(torch.float32, 30))
+    r11, s11 = r[:11].contiguous(), s[:11].contiguous()
+    runs = []
+    for _ in range(2):
+        runs.append([tk.segment_gather_mul(q, src, r, ptr),
+                     *KERNELS["segment_gather_mul_backward"](g, q, src, r, ptr, True, True),
+                     tk.fused_edge_message(p, q, r, s, ptr, src),
+                     *KERNELS["fused_edge_message_backward"](g, p, q, r, s, ptr, src, None, [True] * 4),
+                     tk.fused_edge_message(p, q, r11, s11, ptr, src, row),
+                     *KERNELS["fused_edge_message_backward"](g, p, q, r11, s11, ptr, src, row, [True] * 4)])
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+# float16/bfloat16: inputs rounded to the dtype, sums in float32, outputs rounded once. Compared with the
+# float64 reference on the same (rounded) inputs, relative to the largest value of each output.
+_HALF_TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2}
+
+
+def _close_half(actual, expected, dtype):
+    assert actual.dtype == dtype
+    tol = _HALF_TOL[dtype]
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual.cpu().double(), expected, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_message_ops_half_precision(dtype):
+    ptr, src, row, p, q, r, s, g = _message_inputs(dtype, 40)
+    wide = [t.double() for t in (p, q, r, s, g)]
+    pd, qd, rd, sd, gd = wide
+    dev = [t.to(DEV) for t in (p, q, r, s, ptr, src, g)]
+    hp, hq, hr, hs, hptr, hsrc, hg = dev
+    # segment_gather_mul, forward and backward
+    _close_half(tk.segment_gather_mul(hq, hsrc, hr, hptr), reference.segment_gather_mul(qd, src, rd, ptr), dtype)
+    got = KERNELS["segment_gather_mul_backward"](hg, hq, hsrc, hr, hptr, True, True)
+    want = REF["segment_gather_mul_backward"](gd, qd, src, rd, ptr, True, True)
+    for x, y in zip(got, want):
+        _close_half(x, y, dtype)
+    # fused_edge_message without and with edge_row
+    _close_half(tk.fused_edge_message(hp, hq, hr, hs, hptr, hsrc),
+                reference.fused_edge_message(pd, qd, rd, sd, ptr, src), dtype)
+    got = KERNELS["fused_edge_message_backward"](hg, hp, hq, hr, hs, hptr, hsrc, None, [True] * 4)
+    want = REF["fused_edge_message_backward"](gd, pd, qd, rd, sd, ptr, src, None, [True] * 4)
+    for x, y in zip(got, want):
+        _close_half(x, y, dtype)
+    r11, s11 = hr[:11].contiguous(), hs[:11].contiguous()
+    _close_half(tk.fused_edge_message(hp, hq, r11, s11, hptr, hsrc, row.to(DEV)),
+                reference.fused_edge_message(pd, qd, rd[:11], sd[:11], ptr, src, row), dtype)
+    got = KERNELS["fused_edge_message_backward"](hg, hp, hq, r11, s11, hptr, hsrc, row.to(DEV), [True] * 4)
+    want = REF["fused_edge_message_backward"](gd, pd, qd, rd[:11], sd[:11], ptr, src, row, [True] * 4)
+    for x, y in zip(got, want):
+        _close_half(x, y, dtype)
+
+
+def test_message_ops_half_precision_rules():
+    """Mixed dtypes are refused; on CPU without the Triton kernels float16/bfloat16 get a message that
+    says where they are supported; with autograd the gradients come back in the input dtype."""
+    from pamnet_fast import ops
+    ptr, src, row, p, q, r, s, g = _message_inputs(torch.bfloat16, 50, num_features=8)
+    with pytest.raises(TypeError, match="float16"):
+        tk.segment_gather_mul(q.to(DEV), src.to(DEV), r.to(DEV).half(), ptr.to(DEV))
+    if DEV == "cpu":
+        with pytest.raises(TypeError, match="only by the Triton kernels on CUDA"):
+            ops.segment_gather_mul(q, src, r, ptr)
+        with pytest.raises(TypeError, match="only by the Triton kernels on CUDA"):
+            ops.fused_edge_message(p, q, r, s, ptr, src)
+    else:  # pragma: no cover - needs a GPU
+        leaves = [t.to(DEV).requires_grad_() for t in (p, q, r, s)]
+        out = ops.fused_edge_message(*leaves, ptr.to(DEV), src.to(DEV))
+        out.backward(g.to(DEV))
+        assert out.dtype == torch.bfloat16 and all(t.grad.dtype == torch.bfloat16 for t in leaves)
 
 
 # --- bases ---
@@ -506,17 +636,33 @@ def test_spherical_basis_small_and_bad_input():
 _COMPILE_SCRIPT = r'''
 import importlib, json, re, sys, warnings
 warnings.simplefilter("ignore")
+import os, subprocess, tempfile
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 mods = {m: importlib.import_module("pamnet_fast.ops.triton." + m)
-        for m in ("neighbors", "triplets", "segment", "message", "basis")}
+        for m in ("neighbors", "triplets", "segment", "message", "basis", "_common")}
 I = "*i64"
+F32, F64 = tl.float32, tl.float64
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+def registers(cubin):
+    """(registers, local-memory bytes: spills and stack) of a cubin, read by cuobjdump (n_regs and
+    n_spills of a compiled kernel are only filled in when it is loaded on a GPU)."""
+    if not cubin or not os.path.exists(CUOBJDUMP):
+        return None, None
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as fh:
+        fh.write(cubin)
+    log = subprocess.run([CUOBJDUMP, "--dump-resource-usage", fh.name], capture_output=True, text=True).stdout
+    os.unlink(fh.name)
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", log)
+    return (int(found.group(1)), int(found.group(2)) + int(found.group(3))) if found else (None, None)
 def case(mod, name, fp, types, constexprs, fusion=True):
     fn = getattr(mods[mod], name)
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
-    tag = ",".join(f"{k}={v}" for k, v in constexprs.items() if k in ("FILL", "SORT", "SEG"))
+    tag = ",".join(f"{k}={v}" for k, v in constexprs.items()
+                   if k in ("FILL", "SORT", "SEG", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R"))
     warps = 8 if constexprs.get("SEG", 1) > 1024 else 4
     return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
 scan = dict(key_ptr=I, order_ptr=I, graph_ptr=I, dims_ptr=I, base_ptr=I, cell_start_ptr=I, active_ptr="*i1",
@@ -529,33 +675,46 @@ cases = [
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=1, SEG=2048, BLOCK_C=256), False),
     case("neighbors", "_scan_kernel", "*fp64", scan, dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
     case("triplets", "_triplet_kernel", I, dict(num_edges="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
-    case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32"), dict(HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
-    case("segment", "_scale_rows_kernel", "*fp32", dict(src_ptr=I, seg_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, num_features="i32"), dict(NEED_P=True, NEED_R=True, NEED_S=True, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_source_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, num_features="i32"), dict(BLOCK_S=16, BLOCK_F=128)),
+    case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=False, BLOCK_S=16, BLOCK_F=128)),
+    case("segment", "gather_mul_sum_kernel", "*bf16", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
+    case("segment", "gather_mul_sum_kernel", "*fp64", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, HAS_X=False, HAS_IY=True, BLOCK_S=16, BLOCK_F=64)),
+    case("segment", "_scale_rows_kernel", "*fp32", dict(src_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_fwd_kernel", "*bf16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, NEED_P=True, NEED_R=True, NEED_S=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_transposed_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, BY_ROW=True, HAS_ROW=True, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=64)),
+    case("_common", "_csr_check_kernel", I, dict(num_ptr="i64", nnz="i64", num_a="i64", upper_a="i64", num_b="i64", upper_b="i64", flag_ptr="*i32"), dict(BLOCK=1024)),
     case("basis", "_bessel_kernel", "*fp32", dict(num_edges="i32", num_radial="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_FREQ=True, NUM_SERIES=9, BLOCK_E=64, BLOCK_N=8)),
     case("basis", "_spherical_kernel", "*fp32", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=False, NEED_DIST=False, NEED_ANGLE=False, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
-    case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
+    case("basis", "_spherical_kernel", "*fp64", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_ANGLE=True, NUM_TERMS=30, BLOCK_T=8, BLOCK_C=64)),
 ]
 out = {}
 for name, src, opts in cases:
     try:
         kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
         ptx = kernel.asm["ptx"]
+        regs, spills = registers(kernel.asm.get("cubin"))
         out[name] = {"ok": True, "fma": len(re.findall(r"\bfma\.", ptx)),
+                     "atomics": len(re.findall(r"\b(?:atom|red)\.", ptx)),
                      "sqrt": sorted(set(re.findall(r"\bsqrt\.[\w.]+", ptx))),
-                     "regs": getattr(kernel, "n_regs", None), "spills": getattr(kernel, "n_spills", None)}
+                     "regs": regs, "spills": spills}
     except Exception as exc:
         out[name] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
 print("RESULT " + json.dumps(out))
 '''
 
 
+_MESSAGE_KERNELS = ("gather_mul_sum_kernel", "_scale_rows_kernel", "_fwd_kernel", "_bwd_segment_kernel",
+                    "_bwd_transposed_kernel")
+
+
 def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
     """Compile the kernels to PTX for an H100 (sm_90) in a process without TRITON_INTERPRET: catches
     what only the compiler rejects, and checks that the neighbor-search distance has no FMA and an
-    IEEE square root (the GPU edge set then equals the CPU's bit for bit)."""
+    IEEE square root (the GPU edge set then equals the CPU's bit for bit), and that the message
+    kernels have no atomics and no register spills (registers per kernel: run with -s)."""
     import json
     import os
     import pathlib
@@ -575,6 +734,9 @@ def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
     failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
     assert not failed, failed
     print({k: (v["regs"], v["spills"]) for k, v in result.items()})
+    for name in (k for k in result if k.split("[")[0] in _MESSAGE_KERNELS):
+        assert result[name]["atomics"] == 0, result[name]  # deterministic sums
+        assert result[name]["spills"] in (0, None), result[name]
     for name in (k for k in result if k.startswith("_scan_kernel")):
         assert result[name]["fma"] == 0, result[name]
         assert result[name]["sqrt"] and all(".rn." in s for s in result[name]["sqrt"]), result[name]

@@ -46,7 +46,15 @@ def _zeros(num_spherical: int, num_radial: int) -> Tensor:
 
 
 def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> Tensor:
-    """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64."""
+    """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64
+    (one cached tensor per device: read-only)."""
+    return _zeros_on(num_spherical, num_radial, torch.device(device) if device is not None else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_on(num_spherical: int, num_radial: int, device) -> Tensor:
+    # Cached per device: a copy per call was a host-to-device transfer per call on a GPU, and a new
+    # tensor each time defeated the Triton kernels' cache of the per-column constants.
     return _zeros(num_spherical, num_radial).to(device)
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def tensor(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
@@ -22,10 +23,17 @@ def tensor(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
     return t
 
 
-def floating(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
+def floating(op: str, name: str, t, *, dim: Optional[int] = None, half_ok: bool = False) -> Tensor:
+    """A float32/float64 tensor; with ``half_ok`` (the message ops on their Triton kernels) float16 and
+    bfloat16 too. A half dtype where it is not supported gets its own message: it is a device rule."""
     tensor(op, name, t, dim=dim)
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+    if t.dtype in _HALF_DTYPES and not half_ok:
+        raise TypeError(f"{op}: {name} is {t.dtype}: float16/bfloat16 inputs are supported only by the "
+                        f"Triton kernels on CUDA (float32 sums); here ({t.device.type}) pass float32 or "
+                        f"float64 (under torch.autocast the ops get float32)")
+    if t.dtype not in _FLOAT_DTYPES + (_HALF_DTYPES if half_ok else ()):
+        allowed = "float16, bfloat16, float32 or float64" if half_ok else "float32 or float64"
+        raise TypeError(f"{op}: {name} must be {allowed}, got {t.dtype}")
     return t
 
 
@@ -85,6 +93,32 @@ def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int) -> None:
     if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(f"{op}: batch must be sorted (nodes of each graph contiguous, graphs in "
                          f"ascending order)")
+
+
+def nonempty_pointer(op: str, name: str, ptr) -> None:
+    index(op, name, ptr)
+    if ptr.numel() == 0:
+        raise ValueError(f"{op}: {name} must have at least one entry (ptr[0] = 0)")
+
+
+def csr_and_indices(op: str, ptr_name: str, ptr: Tensor, nnz: int, *indices) -> None:
+    """:func:`csr_pointer` and :func:`index_range` for each ``(name, idx, upper)`` of ``indices``, with
+    one device-to-host read: the conditions are reduced on the device into one flag, and only a bad
+    input pays for the detailed checks that name the problem (on a GPU each ``int()``/``bool()`` of a
+    device value is a synchronization; five of them cost more than the kernel at 1e5 entries)."""
+    nonempty_pointer(op, ptr_name, ptr)
+    flags = [ptr[0] != 0, ptr[-1] != nnz]
+    if ptr.numel() > 1:
+        flags.append((ptr[1:] < ptr[:-1]).any())
+    for _name, idx, upper in indices:
+        if idx.numel():
+            lo, hi = torch.aminmax(idx)
+            flags += [lo < 0, hi >= upper]
+    if bool(torch.stack(flags).any()):
+        csr_pointer(op, ptr_name, ptr, nnz)
+        for name, idx, upper in indices:
+            index_range(op, name, idx, upper)
+        raise AssertionError(f"{op}: the combined check failed but no detailed check did")  # unreachable
 
 
 def csr_pointer(op: str, name: str, ptr: Tensor, nnz: int) -> None:

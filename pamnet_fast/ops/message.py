@@ -13,6 +13,11 @@ def _index(op: str, name: str, t: Tensor) -> Tensor:
     return checks.index(op, name, t).long().contiguous()
 
 
+def _half_ok(t: Tensor, kernel) -> bool:
+    # float16/bfloat16 go to the Triton kernels: CUDA tensors, or a kernel passed in (the interpreter).
+    return t.is_cuda or kernel is not None
+
+
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kernel=None) -> Tensor:
     r"""Segment sum of gathered products, without materializing ``a[src]``:
 
@@ -25,11 +30,12 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kerne
         ptr: ``[R + 1]`` CSR pointer of the segments (int32/int64).
 
     Returns ``[R, F]``. Differentiable in ``a`` and ``b``; the gradient w.r.t. ``a`` uses a transposed
-    CSR (a stable counting sort of ``src``), so it is deterministic.
+    CSR (a stable counting sort of ``src``), so it is deterministic. float32/float64 everywhere;
+    float16/bfloat16 on CUDA (Triton; sums in float32, output and gradients in the input dtype).
     """
     op = "segment_gather_mul"
-    checks.floating(op, "a", a, dim=2)
-    checks.floating(op, "b", b, dim=2)
+    checks.floating(op, "a", a, dim=2, half_ok=_half_ok(a, _kernel))
+    checks.floating(op, "b", b, dim=2, half_ok=_half_ok(b, _kernel))
     kernel = _kernel or _ops().segment_gather_mul
     return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr))
 
@@ -53,10 +59,13 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         p: ``[N, F]`` target term; q: ``[M, F]`` source term; r, s: ``[R, F]`` edge terms (``R = E``
         without ``edge_row``); ptr: ``[N + 1]`` CSR pointer over targets; src: ``[E]`` source of each
         edge; edge_row: optional ``[E]`` row of ``r``/``s`` used by each edge.
+
+    float32/float64 everywhere; float16/bfloat16 on CUDA (Triton; sums in float32, output and
+    gradients in the input dtype). Deterministic: the same bits on every run.
     """
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
-        checks.floating(op, name, t, dim=2)
+        checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
     kernel = _kernel or _ops().fused_edge_message
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),

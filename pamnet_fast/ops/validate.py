@@ -36,39 +36,47 @@ def triplets(edge_index: Tensor, num_nodes: int) -> None:
     checks.target_sorted_edges(op, edge_index, num_nodes)
 
 
-def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> None:
+def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_ok: bool = False,
+                       values: bool = True) -> None:
+    """``values=False`` leaves out the checks of index values (the Triton kernels make them in one
+    kernel launch: ``triton._common.check_csr``)."""
     op = "segment_gather_mul"
-    checks.floating(op, "a", a, dim=2)
-    checks.floating(op, "b", b, dim=2)
+    checks.floating(op, "a", a, dim=2, half_ok=half_ok)
+    checks.floating(op, "b", b, dim=2, half_ok=half_ok)
     checks.same_dtype(op, a=a, b=b)
     checks.index(op, "src", src)
+    checks.nonempty_pointer(op, "ptr", ptr)
     checks.same_device(op, a=a, src=src, b=b, ptr=ptr)
     checks.features_match(op, a=a, b=b)
     checks.rows_match(op, "src", src, b.size(0), "the number of rows of b")
-    checks.csr_pointer(op, "ptr", ptr, b.size(0))
-    checks.index_range(op, "src", src, a.size(0))
+    if values:
+        checks.csr_and_indices(op, "ptr", ptr, b.size(0), ("src", src, a.size(0)))
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
-                       edge_row: Optional[Tensor] = None) -> None:
+                       edge_row: Optional[Tensor] = None, *, half_ok: bool = False,
+                       values: bool = True) -> None:
+    """``values=False``: as :func:`segment_gather_mul`."""
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
-        checks.floating(op, name, t, dim=2)
+        checks.floating(op, name, t, dim=2, half_ok=half_ok)
     checks.same_dtype(op, p=p, q=q, r=r, s=s)
     checks.index(op, "src", src)
+    checks.nonempty_pointer(op, "ptr", ptr)
     checks.same_device(op, p=p, q=q, r=r, s=s, ptr=ptr, src=src)
     checks.features_match(op, p=p, q=q, r=r, s=s)
     checks.rows_match(op, "s", s, r.size(0), "the number of rows of r")
     E, edges = r.size(0), "the number of rows of r (edges)"
+    ranges = [("src", src, q.size(0))]
     if edge_row is not None:
         checks.index(op, "edge_row", edge_row)
         checks.same_device(op, edge_row=edge_row, src=src)
-        checks.index_range(op, "edge_row", edge_row, r.size(0))
+        ranges.append(("edge_row", edge_row, r.size(0)))
         E, edges = edge_row.numel(), "the number of edges (len(edge_row))"
     checks.rows_match(op, "src", src, E, edges)
-    checks.csr_pointer(op, "ptr", ptr, E)
     checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
-    checks.index_range(op, "src", src, q.size(0))
+    if values:
+        checks.csr_and_indices(op, "ptr", ptr, E, *ranges)
 
 
 def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int) -> None:

@@ -20,7 +20,9 @@ be a few ulp off the CPU's, well inside the 1e-5 relative tolerance of the float
 """
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 
 import torch
 import triton
@@ -28,10 +30,11 @@ import triton.language as tl
 from torch import Tensor
 
 from .. import reference, validate
-from ._common import LAUNCH, cos, next_pow2, scalars, sin
+from ._common import INTERPRET, LAUNCH, cos, next_pow2, scalars, sin
 
 BLOCK_E = 64
 BLOCK_T = 32
+BLOCK_T_F64 = 8
 NUM_TERMS = 30  # power-series terms, as the reference
 
 
@@ -208,7 +211,7 @@ _DRATIO_SERIES = tuple((-1) ** k * 2 * k / math.factorial(2 * k + 1) for k in ra
 def _bessel(dist, freq, cutoff, p, grad_out=None, need_dist=False, need_freq=False):
     dist, freq = dist.contiguous(), freq.contiguous()
     num_edges, num_radial = dist.numel(), freq.numel()
-    consts = torch.cat([_envelope_consts(dist, cutoff, p), scalars(dist, *_DRATIO_SERIES)])
+    consts = _constants(dist.device, dist.dtype, float(cutoff), int(p), True)
     grid = (triton.cdiv(num_edges, BLOCK_E),)
     block_n = next_pow2(num_radial)
     if grad_out is None:
@@ -260,15 +263,46 @@ def _column_constants(zeros: Tensor, dtype) -> tuple:
     return consts.to(dtype).contiguous(), orders
 
 
+# _column_constants per zeros tensor (id, checked by a weak reference and the version counter) and
+# dtype: computing them is ~200 small kernels (the series of j_(l+1) at the zeros), more than the
+# basis kernel itself at 1e5 rows on a GPU. The public op passes one cached zeros tensor per device.
+_COLUMN_CACHE = {}
+
+
+def _cached_column_constants(zeros: Tensor, dtype):
+    key = (id(zeros), dtype)
+    hit = _COLUMN_CACHE.get(key)
+    if hit is not None and hit[0]() is zeros and hit[1] == zeros._version:
+        return hit[2]
+    value = _column_constants(zeros, dtype)
+    if len(_COLUMN_CACHE) > 64:
+        _COLUMN_CACHE.clear()
+    _COLUMN_CACHE[key] = (weakref.ref(zeros), zeros._version, value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _constants(device: torch.device, dtype, cutoff: float, p: int, with_series: bool) -> Tensor:
+    """Envelope constants (and the Taylor coefficients of the Bessel derivative): one cached tensor
+    per (device, dtype, cutoff, p) instead of a host-to-device copy per call. Read-only."""
+    ref = torch.empty(0, dtype=dtype, device=device)
+    consts = _envelope_consts(ref, cutoff, p)
+    return torch.cat([consts, scalars(ref, *_DRATIO_SERIES)]) if with_series else consts
+
+
 def _spherical(dist, angle, zeros, cutoff, p, grad_out=None, need_dist=False, need_angle=False):
     dist, angle = dist.contiguous(), angle.contiguous()
     num_l, num_n = zeros.shape
     num_rows, num_cols = dist.numel(), num_l * num_n
-    consts = _envelope_consts(dist, cutoff, p)
-    kc, orders = _column_constants(zeros, dist.dtype)
-    grid = (triton.cdiv(num_rows, BLOCK_T),)
+    consts = _constants(dist.device, dist.dtype, float(cutoff), int(p), False)
+    kc, orders = _cached_column_constants(zeros, dist.dtype)
+    # float64 tiles of 32 x 64 need more than 255 registers per thread (2 KB of spills per thread in
+    # the backward, sm_90); 8 rows: 220 registers, no spills. (The interpreter has no registers: there
+    # fewer, larger tiles are faster.)
+    block_t = BLOCK_T_F64 if dist.dtype == torch.float64 and not INTERPRET else BLOCK_T
+    grid = (triton.cdiv(num_rows, block_t),)
     block_c = next_pow2(num_cols)
-    args = dict(NUM_TERMS=NUM_TERMS, BLOCK_T=BLOCK_T, BLOCK_C=block_c, **LAUNCH)
+    args = dict(NUM_TERMS=NUM_TERMS, BLOCK_T=block_t, BLOCK_C=block_c, **LAUNCH)
     if grad_out is None:
         out = dist.new_empty(num_rows, num_cols)
         if num_rows and num_cols:
