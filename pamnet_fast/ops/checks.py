@@ -12,6 +12,9 @@ from torch import Tensor
 
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+# Under torch.autocast the float ops take half-precision inputs: their autocast rule
+# (library.register_autocast_fp32) casts them to float32 before any kernel runs.
+_AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def tensor(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
@@ -24,8 +27,10 @@ def tensor(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
 
 def floating(op: str, name: str, t, *, dim: Optional[int] = None) -> Tensor:
     tensor(op, name, t, dim=dim)
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
+    if t.dtype not in _FLOAT_DTYPES and not (t.dtype in _AUTOCAST_DTYPES
+                                             and torch.is_autocast_enabled(t.device.type)):
+        raise TypeError(f"{op}: {name} must be float32 or float64 (bfloat16/float16 only under "
+                        f"torch.autocast), got {t.dtype}")
     return t
 
 
