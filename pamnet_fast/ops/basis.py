@@ -33,7 +33,8 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
     checks.floating(op, "dist", dist, dim=1)
     if freq is None:
         checks.positive(op, "num_radial", num_radial, integer=True)
-        freq = bessel_frequencies(num_radial, dist.dtype, dist.device)
+        # at least float32: under autocast a bf16 dist would otherwise round n*pi to 8 bits
+        freq = bessel_frequencies(num_radial, torch.promote_types(dist.dtype, torch.float32), dist.device)
     elif freq.dim() != 1 or freq.numel() != num_radial:
         raise ValueError(f"{op}: freq must have shape [{num_radial}], got {tuple(freq.shape)}")
     kernel = _kernel or _ops().bessel_basis
