@@ -88,6 +88,7 @@ class Trainer:
         self._log = log
         self.meta = dict(meta or {})  # stored in checkpoints (e.g. dataset/split description)
         self.info = D.DistInfo()
+        self.precision = Precision(self.cfg.precision)  # an unknown name fails here, before any work
         self._hooks = []  # callables(trainer, step) after each optimisation step (tests)
 
     # ------------------------------------------------------------------ utils
