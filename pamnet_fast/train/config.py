@@ -38,4 +38,4 @@ class TrainConfig:
     plots: bool = True
     precision: str = "fp32"         # "fp32" | "bf16" (autocast, fp32 weights and loss) | "fp64" (precision.py)
     compile: bool = False           # torch.compile(model, dynamic=True) for the training forward
-    optimizer_impl: str = "auto"    # Adam: "auto" (fused on CUDA, else foreach) | "fused" | "foreach" | "loop"
+    optimizer_impl: str = "auto"    # Adam: "auto" (fused on CUDA/CPU, else foreach) | "fused" | "foreach" | "loop"

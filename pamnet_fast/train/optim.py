@@ -1,9 +1,10 @@
-"""The trainer's Adam: one fused kernel per step on CUDA, foreach (multi-tensor) kernels elsewhere.
+"""The trainer's Adam: the fused implementation (one multi-tensor kernel per step) on CUDA and CPU.
 
-A per-parameter ("loop") Adam launches a dozen small kernels per parameter and step (PAMNet: ~100
-parameters, ~1,200 launches); the foreach version a dozen per step in all, the fused CUDA version
-one or two. All three compute the same update and have the same state dict, so a checkpoint written
-with one resumes with another (:func:`load_optimizer_state`).
+A per-parameter ("loop") Adam launches a dozen small kernels per parameter and step (PAMNet: 389
+tensors, ~4,700 launches); the foreach version a dozen per step in all, the fused version one. On the
+CPU the fused kernel is also the fastest (QM9-preset PAMNet, 3.6 M parameters, 1 thread, clip + Adam +
+EMA: fused 30-37 ms, loop 63-65 ms, foreach 69-71 ms). All of them compute the same update and have the
+same state dict, so a checkpoint written with one resumes with another (:func:`load_optimizer_state`).
 """
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ ADAM_IMPLS = ("auto", "fused", "foreach", "loop")
 _IMPL_KEYS = ("fused", "foreach", "capturable")
 
 
+_FUSED_DEVICES = ("cuda", "cpu")
+
+
 def adam_impl(params: Iterable[torch.Tensor], impl: str = "auto") -> str:
-    """The implementation ``impl`` stands for: ``auto`` is ``fused`` when every parameter is a CUDA
-    floating-point tensor, else ``foreach``."""
+    """The implementation ``impl`` stands for: ``auto`` is ``fused`` when every parameter is a
+    floating-point tensor on one device type with a fused Adam kernel (CUDA, CPU), else ``foreach``."""
     if impl not in ADAM_IMPLS:
         raise ValueError(f"unknown Adam implementation {impl!r}; valid: {', '.join(ADAM_IMPLS)}")
     if impl != "auto":
         return impl
     params = list(params)
-    on_cuda = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
-    return "fused" if on_cuda else "foreach"
+    kinds = {p.device.type for p in params}
+    fusable = len(kinds) == 1 and kinds <= set(_FUSED_DEVICES) and all(p.is_floating_point() for p in params)
+    return "fused" if fusable else "foreach"
 
 
 def make_adam(params, lr: float, weight_decay: float = 0.0, impl: str = "auto") -> torch.optim.Adam:

@@ -1,7 +1,7 @@
 """Training loop: Adam + warm-up/exponential decay, L1 loss, EMA, early stopping, time budget,
 exact resume from atomic checkpoints, DDP (torchrun), metrics files and plots.
 
-The step is free of host synchronizations of its own: fused (CUDA) or foreach Adam, foreach gradient
+The step is free of host synchronizations of its own: fused Adam (:mod:`.optim`), foreach gradient
 clipping and EMA, and the running loss/MAE summed on the device and read at epoch ends, checkpoints
 and (at most once a second) for the progress bar. ``precision`` (fp32 | bf16 | fp64, see
 :mod:`.precision`) and ``compile`` (``torch.compile(dynamic=True)``) are options of :class:`TrainConfig`."""
