@@ -68,6 +68,30 @@ def test_float_ops_run_in_float32_under_autocast(name):
         _call(name, bf16)
 
 
+def test_autocast_rule_traces_under_torch_compile_fullgraph():
+    """The autocast rule (and the bf16 argument check) traces into one graph: compiled == eager.
+    (backend aot_eager: the ops' tracing, not inductor's codegen, is what is tested here)"""
+    g = torch.Generator().manual_seed(1)
+    n, e, f = 6, 15, 4
+    ptr = torch.searchsorted(torch.sort(torch.randint(0, n, (e,), generator=g)).values, torch.arange(n + 1))
+    src = torch.randint(0, n, (e,), generator=g)
+    x, w, ea = torch.randn(n, f, generator=g), torch.randn(f, f, generator=g), torch.randn(e, f, generator=g)
+    dist, angle = torch.rand(e, generator=g) * 4 + 0.5, torch.rand(e, generator=g) * 3
+
+    def fn(x, w, ea, dist, angle):
+        h, r = torch.nn.functional.linear(x, w), torch.nn.functional.linear(ea, w)  # bf16 under autocast
+        s = ops.bessel_basis(dist, 5.0, f, 5)
+        m = ops.fused_edge_message(h, h, r, s, ptr, src) + ops.segment_gather_mul(h, src, r, ptr)
+        return m.sum() + ops.spherical_basis(dist, angle, 5.0, 2, 3, 5).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = compiled(x, w, ea, dist, angle), fn(x, w, ea, dist, angle)
+    assert got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
 class _DtypeLog(TorchDispatchMode):
     """Records the floating input dtypes of every pamnet_fast op and the output dtypes of aten GEMMs."""
 

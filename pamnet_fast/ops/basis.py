@@ -1,7 +1,6 @@
 """Radial and spherical basis functions of DimeNet, fused forward and backward."""
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -41,14 +40,25 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
     return kernel(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
 
 
-@functools.lru_cache(maxsize=None)
-def _zeros(num_spherical: int, num_radial: int) -> Tensor:
-    return reference.spherical_bessel_zeros(num_spherical, num_radial)
+_ZEROS = {}  # (num_spherical, num_radial, device) -> zeros
+
+
+# torch.compile takes the zeros as a constant (tracing their root finding takes minutes), and each
+# device gets its copy once (a host-to-GPU copy per forward would wait for the GPU).
+@torch.compiler.assume_constant_result
+def _zeros(num_spherical: int, num_radial: int, device: str) -> Tensor:
+    key = (num_spherical, num_radial, device)
+    if key not in _ZEROS:
+        host = (num_spherical, num_radial, "cpu")
+        if host not in _ZEROS:
+            _ZEROS[host] = reference.spherical_bessel_zeros(num_spherical, num_radial)
+        _ZEROS[key] = _ZEROS[host].to(device)
+    return _ZEROS[key]
 
 
 def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> Tensor:
     """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64."""
-    return _zeros(num_spherical, num_radial).to(device)
+    return _zeros(num_spherical, num_radial, str(torch.device(device if device is not None else "cpu")))
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,

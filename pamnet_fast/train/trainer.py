@@ -376,7 +376,13 @@ class Trainer:
             t_ep = time.perf_counter()
             for batch in loader:
                 t0 = time.perf_counter()
-                self._train_step(net, batch)
+                try:
+                    self._train_step(net, batch)
+                except Exception as e:  # say when it is torch.compile's (its errors name no option)
+                    if cfg.compile and hasattr(e, "add_note"):
+                        e.add_note("pamnet-fast: raised in a training step under torch.compile "
+                                   "(--compile / TrainConfig.compile); the model trains without it")
+                    raise
                 dt = time.perf_counter() - t0
                 sec_per_step = dt if sec_per_step is None else 0.9 * sec_per_step + 0.1 * dt
                 if bar is not None:
