@@ -124,6 +124,11 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="output directory (default runs/<model>-<target>)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--seed", type=int, default=0, help="model init and data-order seed")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp64"), default="fp32",
+                   help="fp32 (default); bf16: mixed precision (bfloat16 autocast, float32 weights, loss and "
+                        "fused-op sums); fp64: float64 weights and inputs. evaluate/predict use the run's")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (dynamic shapes) for training: slower start, faster steps")
     t.add_argument("--split-seed", type=int, default=42)
     common(t)
     memory(t)
@@ -207,8 +212,10 @@ def apply_max_memory(model, max_memory) -> None:
 
 
 def load_trained(path: str, device: str = "cpu"):
-    """(module with the evaluation weights, state dict of the file, path) from a run dir/file."""
+    """(module with the evaluation weights, in the run's precision; state dict of the file; path) from a
+    run dir/file."""
     from .train.checkpoint import load_checkpoint
+    from .train.precision import precision_of
     f = _resolve_checkpoint(path)
     st = load_checkpoint(f)
     model = build_model(st["model_name"], st.get("model_config"), (st.get("meta") or {}).get("dataset", "qm9"))
@@ -218,21 +225,24 @@ def load_trained(path: str, device: str = "cpu"):
     except RuntimeError as e:
         from .train.checkpoint import CheckpointMismatchError
         raise CheckpointMismatchError(f"{f}: weights do not fit model {st['model_name']!r}: {e}") from e
-    model.to(device).eval()
+    precision_of(st).module(model.to(device)).eval()
     return model, st, f
 
 
 def _infer(model, dataset, st, device, batch_size):
     import torch
     from torch_geometric.loader import DataLoader
+    from .train.precision import precision_of
     from .train.target_norm import TargetNormalizer
     norm = TargetNormalizer.from_state_dict(st["norm"])
     ti = st["train_config"].get("target_index")
+    prec = precision_of(st)
     rows = []
     with torch.no_grad():
         for b in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            b = b.to(device)
-            out = model(b)
+            b = prec.batch(b.to(device))
+            with prec.autocast(device):
+                out = prec.output(model(b))
             out = out[:, None] if out.dim() == 1 else out
             pred = norm.denormalize(out, b)
             y = None
@@ -298,7 +308,8 @@ def cmd_train(args) -> int:
                       standardize=not args.no_standardize,
                       element_ref=task.element_ref and not args.no_element_ref,
                       loss=args.loss or task.loss, target_index=task.target_index,
-                      target_name=target, unit=task.unit, **paper)
+                      target_name=target, unit=task.unit, precision=args.precision, compile=args.compile,
+                      **paper)
     trainer = Trainer(model, task.train, task.val, task.test, cfg, out_dir=out, model_name=args.model,
                       time_origin=t_ready, meta=task.meta)
     res = trainer.fit(resume=args.resume)

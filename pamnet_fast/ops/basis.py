@@ -1,7 +1,6 @@
 """Radial and spherical basis functions of DimeNet, fused forward and backward."""
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -33,29 +32,33 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
     checks.floating(op, "dist", dist, dim=1)
     if freq is None:
         checks.positive(op, "num_radial", num_radial, integer=True)
-        freq = bessel_frequencies(num_radial, dist.dtype, dist.device)
+        # at least float32: under autocast a bf16 dist would otherwise round n*pi to 8 bits
+        freq = bessel_frequencies(num_radial, torch.promote_types(dist.dtype, torch.float32), dist.device)
     elif freq.dim() != 1 or freq.numel() != num_radial:
         raise ValueError(f"{op}: freq must have shape [{num_radial}], got {tuple(freq.shape)}")
     kernel = _kernel or _ops().bessel_basis
     return kernel(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
 
 
-@functools.lru_cache(maxsize=None)
-def _zeros(num_spherical: int, num_radial: int) -> Tensor:
-    return reference.spherical_bessel_zeros(num_spherical, num_radial)
+_ZEROS = {}  # (num_spherical, num_radial, device) -> zeros
+
+
+# torch.compile takes the zeros as a constant (tracing their root finding takes minutes), and each
+# device gets its copy once (a host-to-GPU copy per forward would wait for the GPU).
+@torch.compiler.assume_constant_result
+def _zeros(num_spherical: int, num_radial: int, device: str) -> Tensor:
+    key = (num_spherical, num_radial, device)
+    if key not in _ZEROS:
+        host = (num_spherical, num_radial, "cpu")
+        if host not in _ZEROS:
+            _ZEROS[host] = reference.spherical_bessel_zeros(num_spherical, num_radial)
+        _ZEROS[key] = _ZEROS[host].to(device)
+    return _ZEROS[key]
 
 
 def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> Tensor:
-    """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64
-    (one cached tensor per device: read-only)."""
-    return _zeros_on(num_spherical, num_radial, torch.device(device) if device is not None else None)
-
-
-@functools.lru_cache(maxsize=None)
-def _zeros_on(num_spherical: int, num_radial: int, device) -> Tensor:
-    # Cached per device: a copy per call was a host-to-device transfer per call on a GPU, and a new
-    # tensor each time defeated the Triton kernels' cache of the per-column constants.
-    return _zeros(num_spherical, num_radial).to(device)
+    """The zeros z_ln of the spherical Bessel functions j_l, ``[num_spherical, num_radial]`` float64."""
+    return _zeros(num_spherical, num_radial, str(torch.device(device if device is not None else "cpu")))
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,

@@ -27,13 +27,14 @@ def floating(op: str, name: str, t, *, dim: Optional[int] = None, half_ok: bool 
     """A float32/float64 tensor; with ``half_ok`` (the message ops on their Triton kernels) float16 and
     bfloat16 too. A half dtype where it is not supported gets its own message: it is a device rule."""
     tensor(op, name, t, dim=dim)
-    if t.dtype in _HALF_DTYPES and not half_ok:
+    if t.dtype in _HALF_DTYPES and (half_ok or torch.is_autocast_enabled(t.device.type)):
+        return t  # Triton kernels sum in float32; under autocast the ops' rule casts to float32
+    if t.dtype in _HALF_DTYPES:
         raise TypeError(f"{op}: {name} is {t.dtype}: float16/bfloat16 inputs are supported only by the "
-                        f"Triton kernels on CUDA (float32 sums); here ({t.device.type}) pass float32 or "
-                        f"float64 (under torch.autocast the ops get float32)")
-    if t.dtype not in _FLOAT_DTYPES + (_HALF_DTYPES if half_ok else ()):
-        allowed = "float16, bfloat16, float32 or float64" if half_ok else "float32 or float64"
-        raise TypeError(f"{op}: {name} must be {allowed}, got {t.dtype}")
+                        f"Triton kernels on CUDA (float32 sums) or under torch.autocast; here "
+                        f"({t.device.type}) pass float32 or float64")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got {t.dtype}")
     return t
 
 

@@ -333,7 +333,25 @@ def _register() -> Dict[str, Dict[str, str]]:
     return backends
 
 
+# The ops that do floating-point arithmetic; under torch.autocast they run in float32.
+AUTOCAST_FP32_OPS = ("segment_gather_mul", "fused_edge_message", "bessel_basis", "spherical_basis")
+
+
+def register_autocast_fp32() -> None:
+    """Under ``torch.autocast`` (CPU and CUDA) the float ops receive float32 inputs and return float32.
+
+    Their sums over edges and triplets, and the basis functions (sin, Bessel zeros, envelopes), need
+    float32 accumulation: bf16's 8-bit mantissa would lose whole digits over a few dozen terms. The
+    surrounding dense layers still run in the autocast dtype; float64 inputs are left as they are.
+    """
+    for name in AUTOCAST_FP32_OPS:
+        for device_type in ("cpu", "cuda"):
+            if torch.amp.is_autocast_available(device_type):
+                torch.library.register_autocast(f"{NAMESPACE}::{name}", device_type, torch.float32)
+
+
 _BACKENDS = _register()
+register_autocast_fp32()
 
 
 def backend(op: Optional[str] = None, device: str = "cpu"):

@@ -36,3 +36,6 @@ class TrainConfig:
     target_name: str = "target"
     unit: str = ""
     plots: bool = True
+    precision: str = "fp32"         # "fp32" | "bf16" (autocast, fp32 weights and loss) | "fp64" (precision.py)
+    compile: bool = False           # torch.compile(model, dynamic=True) for the training forward
+    optimizer_impl: str = "auto"    # Adam: "auto" (fused on CUDA/CPU, else foreach) | "fused" | "foreach" | "loop"

@@ -23,6 +23,7 @@ class EMA:
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
         self.module.eval()
+        self._paired = None
 
     def current_decay(self) -> float:
         if self.warmup:
@@ -30,16 +31,33 @@ class EMA:
             return min(self.decay, (1.0 + n) / (10.0 + n))
         return self.decay
 
+    def _pairs(self, model: nn.Module):
+        """(EMA floats, model floats, EMA others, model others): the state tensors paired by name,
+        collected once per source model (parameters and buffers are updated in place, so they stay
+        the same tensors)."""
+        if self._paired is None or self._paired[0] is not model:
+            src = model.state_dict(keep_vars=True)
+            groups, seen = ([], [], [], []), set()
+            for name, t in self.module.state_dict(keep_vars=True).items():
+                if id(t) in seen:  # a tensor shared under two names is updated once
+                    continue
+                seen.add(id(t))
+                k = 0 if t.dtype.is_floating_point else 2
+                groups[k].append(t)
+                groups[k + 1].append(src[name].detach())
+            self._paired = (model, groups)
+        return self._paired[1]
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """``ema <- ema + (1 - d) (model - ema)`` for every floating tensor, as one foreach call per
+        dtype/device (no per-tensor kernels, no host synchronization); others are copied."""
         d = self.current_decay()
-        src = model.state_dict()
-        for name, t in self.module.state_dict().items():
-            s = src[name]
-            if t.dtype.is_floating_point:
-                t.mul_(d).add_(s.detach(), alpha=1.0 - d)
-            else:
-                t.copy_(s)
+        ema_f, src_f, ema_o, src_o = self._pairs(model)
+        if ema_f:
+            torch._foreach_lerp_(ema_f, src_f, 1.0 - d)
+        if ema_o:
+            torch._foreach_copy_(ema_o, src_o)
         self.num_updates += 1
 
     def state_dict(self) -> dict:

@@ -76,9 +76,13 @@ def conformation_records(model, dataset, device: str = "cpu", batch_size: int = 
     kabsch, dl_rs_rdkit, kabsch_rdkit)``, the metrics against ``pos`` (numpy / floats)."""
     from torch_geometric.loader import DataLoader
     from ..nn.physchem import distance_rmse, kabsch_rmsd
+    import torch
+    from .precision import Precision
+    fp64 = any(p.dtype == torch.float64 for p in model.parameters())  # a --precision fp64 run
     out = []
     for b in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         b = b.to(device)
+        b = Precision("fp64").batch(b) if fp64 else b
         pred = model.predict_conformations(b).double()
         pos, rd = b.pos.double(), b.rdkit_pos.double()
         g = b.num_graphs

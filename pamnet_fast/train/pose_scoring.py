@@ -14,14 +14,17 @@ def predict_complexes(model, st: dict, complexes: list, device="cpu", batch_size
     """Predicted affinity (target units) of complex ``Data`` items, ``batch_size`` complexes per model
     call (the ΔG head runs the complex, pocket and ligand graphs of all of them in one pass)."""
     from torch_geometric.loader import DataLoader
+    from .precision import precision_of
     from .target_norm import TargetNormalizer
     norm = TargetNormalizer.from_state_dict(st["norm"])
+    prec = precision_of(st)
     out = []
     model.eval()
     with torch.no_grad():
         for b in DataLoader(complexes, batch_size=batch_size, shuffle=False):
-            b = b.to(device)
-            pred = model(b)
+            b = prec.batch(b.to(device))
+            with prec.autocast(device):
+                pred = prec.output(model(b))
             out.append(norm.denormalize(pred[:, None] if pred.dim() == 1 else pred, b)[:, 0].cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 

@@ -66,6 +66,7 @@ class TargetNormalizer:
         self.std = std.double()
         self.element_ref = None if element_ref is None else element_ref.double()
         self.train_mean = (train_mean if train_mean is not None else intercept).double()
+        self._device_cache = {}
 
     # ---------------------------------------------------------------- fitting
     @classmethod
@@ -97,24 +98,33 @@ class TargetNormalizer:
     def baseline(self, batch, device=None) -> Tensor:
         """``b(G)`` per graph of a PyG batch: ``[num_graphs, T]`` (float64)."""
         num_graphs = int(batch.num_graphs) if hasattr(batch, "num_graphs") else 1
-        out = self.intercept.to(device).expand(num_graphs, -1).clone()
+        out = self._on(device, "intercept").expand(num_graphs, -1).clone()
         if self.element_ref is not None:
             z = batch.z.long().view(-1).to(device)
             gid = getattr(batch, "batch", None)
             gid = torch.zeros_like(z) if gid is None else gid.long().to(device)
-            out.index_add_(0, gid, self.element_ref.to(device)[z])
+            out.index_add_(0, gid, self._on(device, "element_ref")[z])
         return out
+
+    def _on(self, device, name: str) -> Tensor:
+        """Attribute ``name`` on ``device``, copied there once (a copy from pageable host memory per
+        batch would make the GPU wait for the host every training step)."""
+        key = (str(torch.device(device)) if device is not None else "cpu", name)
+        t = self._device_cache.get(key)
+        if t is None:
+            t = self._device_cache[key] = getattr(self, name).to(device)
+        return t
 
     def normalize(self, y: Tensor, batch, baseline: Optional[Tensor] = None) -> Tensor:
         """Targets ``[B, T]`` -> the network's scale (dtype of ``y``); ``baseline``: this batch's
         :meth:`baseline`, when the caller already has it."""
         b = self.baseline(batch, y.device) if baseline is None else baseline
-        return ((y.double() - b) / self.std.to(y.device)).to(y.dtype)
+        return ((y.double() - b) / self._on(y.device, "std")).to(y.dtype)
 
     def denormalize(self, pred: Tensor, batch, baseline: Optional[Tensor] = None) -> Tensor:
         """Network output ``[B, T]`` -> prediction in target units (float64)."""
         b = self.baseline(batch, pred.device) if baseline is None else baseline
-        return pred.double() * self.std.to(pred.device) + b
+        return pred.double() * self._on(pred.device, "std") + b
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -1,5 +1,10 @@
 """Training loop: Adam + warm-up/exponential decay, L1 loss, EMA, early stopping, time budget,
-exact resume from atomic checkpoints, DDP (torchrun), metrics files and plots."""
+exact resume from atomic checkpoints, DDP (torchrun), metrics files and plots.
+
+The step is free of host synchronizations of its own: fused Adam (:mod:`.optim`), foreach gradient
+clipping and EMA, and the running loss/MAE summed on the device and read at epoch ends, checkpoints
+and (at most once a second) for the progress bar. ``precision`` (fp32 | bf16 | fp64, see
+:mod:`.precision`) and ``compile`` (``torch.compile(dynamic=True)``) are options of :class:`TrainConfig`."""
 from __future__ import annotations
 
 import copy
@@ -21,6 +26,8 @@ from .checkpoint import (CheckpointMismatchError, check_compatible, get_rng_stat
                          model_config_of, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .ema import EMA
+from .optim import load_optimizer_state, make_adam
+from .precision import Precision
 from .metrics import regression_metrics
 from .target_norm import TargetNormalizer, dataset_compositions, unwrap_subsets
 from .plots import plot_learning_curves, plot_parity, write_metrics, write_predictions
@@ -38,6 +45,13 @@ def dataset_targets(ds, target_index: Optional[int]) -> torch.Tensor:
     if target_index is not None:
         y = y[:, target_index:target_index + 1]
     return y
+
+
+def compile_model(module: nn.Module) -> nn.Module:
+    """``torch.compile(module, dynamic=True)``: one graph for every batch size (molecule and edge
+    counts change every batch). The module itself is unchanged, so checkpoints hold its state dict
+    (no ``_orig_mod.`` prefixes)."""
+    return torch.compile(module, dynamic=True)
 
 
 def _baseline_note(res: dict, unit: str) -> str:
@@ -74,6 +88,7 @@ class Trainer:
         self._log = log
         self.meta = dict(meta or {})  # stored in checkpoints (e.g. dataset/split description)
         self.info = D.DistInfo()
+        self.precision = Precision(self.cfg.precision)  # an unknown name fails here, before any work
         self._hooks = []  # callables(trainer, step) after each optimisation step (tests)
 
     # ------------------------------------------------------------------ utils
@@ -93,8 +108,15 @@ class Trainer:
             y = y[:, self.cfg.target_index:self.cfg.target_index + 1]
         return y
 
+    def _to_device(self, batch):
+        """The batch on the training device (asynchronously from pinned memory on CUDA), with its
+        floating tensors in the run's precision."""
+        return self.precision.batch(batch.to(self.device, non_blocking=self.device.type == "cuda"))
+
     def _predict(self, module, batch) -> torch.Tensor:
-        out = module(batch)
+        with self.precision.autocast(self.device):
+            out = module(batch)
+        out = self.precision.output(out)
         if out.dim() == 1:
             out = out[:, None]
         return out
@@ -130,17 +152,18 @@ class Trainer:
                             shuffle=False, num_workers=self.cfg.num_workers)
         was_training = module.training
         module.eval()
-        sums = torch.zeros(3, dtype=torch.float64)  # |error|, count, |error| of the baseline alone
+        # |error|, count, |error| of the baseline alone; summed on the device, read once at the end
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         rows = []
         pos = rng.start
         for batch in loader:
-            batch = batch.to(self.device)
+            batch = self._to_device(batch)
             y = self._target(batch).double()
             base = self.norm.baseline(batch, y.device)
             pred = self.norm.denormalize(self._predict(module, batch), batch, base)
-            sums[0] += (pred - y).abs().sum().item()
+            sums[0] += (pred - y).abs().sum()
             sums[1] += y.numel()
-            sums[2] += (base - y).abs().sum().item()
+            sums[2] += (base - y).abs().sum()
             if return_predictions:
                 ids = batch.idx.tolist() if hasattr(batch, "idx") and batch.idx is not None else \
                     list(range(pos, pos + y.shape[0]))
@@ -148,7 +171,7 @@ class Trainer:
                     rows.append((pos + k, ids[k], y[k].tolist(), pred[k].tolist()))
             pos += y.shape[0]
         module.train(was_training)
-        sums = D.all_reduce_sum(sums, self.info)
+        sums = D.all_reduce_sum(sums.cpu(), self.info)
         n = float(sums[1])
         out = {"mae": float(sums[0]) / n if n > 0 else float("nan"), "n": int(n),
                "mae_baseline": float(sums[2]) / n if n > 0 else float("nan"),
@@ -176,6 +199,7 @@ class Trainer:
         }
 
     def save(self, finished: bool = False, results: Optional[dict] = None) -> None:
+        self._flush_accum()
         state = self._state(finished, results)  # collective under DDP: every rank calls save()
         if self.info.is_main and self.checkpoint_path is not None:
             save_checkpoint(state, self.checkpoint_path)
@@ -194,7 +218,7 @@ class Trainer:
                                           f"{self.cfg.target_index}")
         self.module.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        load_optimizer_state(self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         self.epoch, self.step = int(st["epoch"]), int(st["step"])
         self.batch_in_epoch = int(s["batch_in_epoch"])
@@ -207,6 +231,59 @@ class Trainer:
         rngs = st["rng"]
         set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
         return st
+
+    # ------------------------------------------------------------------ training step
+    def _train_step(self, net: nn.Module, batch) -> None:
+        """Forward, backward, clipping, Adam, schedule and EMA on one batch; the running sums go to
+        ``self._acc`` on the device (no host synchronization here)."""
+        cfg = self.cfg
+        batch = self._to_device(batch)
+        y = self._target(batch)
+        base = self.norm.baseline(batch, y.device)
+        yn = self.norm.normalize(y, batch, base)
+        pred = self._predict(net, batch)
+        if pred.shape != yn.shape:
+            raise ValueError(f"model output shape {tuple(pred.shape)} does not match the "
+                             f"target shape {tuple(yn.shape)}")
+        loss = self._loss(pred, yn.to(pred.dtype))
+        with self.precision.autocast(self.device):
+            aux = self._auxiliary_loss()
+        nb = y.numel()
+        if aux is not None:  # e.g. PhysChem's lambda * conformation loss
+            aux = aux.to(loss.dtype)
+            loss = loss + aux
+            self._has_aux = True
+            self._acc[3] += aux.detach().double() * nb
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self._update()
+        self._acc[0] += loss.detach().double() * nb
+        self._acc[1] += (self.norm.denormalize(pred.detach(), batch, base) - y.double()).abs().sum()
+        self._acc[2] += nb
+        self.step += 1
+        self.batch_in_epoch += 1
+
+    def _update(self) -> None:
+        """Gradient clipping, the optimizer and scheduler steps and the EMA update: foreach/fused
+        kernels over all parameters at once, no host synchronization."""
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self._params, self.cfg.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.module)
+
+    def _flush_accum(self) -> None:
+        """Add the device-side running sums into ``self.accum`` (one device->host read)."""
+        acc = getattr(self, "_acc", None)
+        if acc is None:
+            return
+        loss, abs_err, n, aux = acc.tolist()
+        self.accum["loss"] += loss
+        self.accum["abs"] += abs_err
+        self.accum["n"] += n
+        if self._has_aux:
+            self.accum["aux"] = self.accum.get("aux", 0.0) + aux
+        acc.zero_()
 
     # ------------------------------------------------------------------ main loop
     def fit(self, resume: bool = False) -> dict:
@@ -227,11 +304,15 @@ class Trainer:
         if dev.startswith("cuda") and info.enabled and ":" not in dev:
             dev = f"cuda:{info.local_rank}"
         self.device = torch.device(dev)
-        self.module = self.model.to(self.device)
+        self.precision = Precision(cfg.precision)
+        self.precision.check_device(self.device)
+        self.module = self.precision.module(self.model.to(self.device))
         net = self.module
         if info.enabled:
             net = DistributedDataParallel(self.module, device_ids=[self.device.index]
                                           if self.device.type == "cuda" else None)
+        if cfg.compile:
+            net = compile_model(net)
         # target normalisation from the training set
         ytr = dataset_targets(self.train_set, cfg.target_index)
         comp = dataset_compositions(self.train_set) if cfg.standardize and cfg.element_ref else None
@@ -244,13 +325,15 @@ class Trainer:
                              f"batch of {cfg.batch_size}")
         warm = max(1, int(round(cfg.warmup_epochs * spe)))
         decay_steps = max(1e-9, cfg.decay_epochs * spe)
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_adam(self.module.parameters(), cfg.lr, cfg.weight_decay, cfg.optimizer_impl)
         stair = math.floor if cfg.decay_staircase else (lambda v: v)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) * cfg.decay_rate ** stair(s / decay_steps))
         self.ema = EMA(self.module, cfg.ema_decay, cfg.ema_warmup)
         self.epoch = self.step = self.batch_in_epoch = 0
         self.accum = {"loss": 0.0, "abs": 0.0, "n": 0.0, "seconds": 0.0}
+        self._acc = torch.zeros(4, dtype=torch.float64, device=self.device)  # see _flush_accum
+        self._has_aux = False
         self.best = {"val_mae": math.inf, "epoch": -1, "step": -1}
         self.best_state = None
         self.bad_epochs = 0
@@ -277,12 +360,14 @@ class Trainer:
         eval_sec_per_sample = None
         n_eval = (len(self.val_set) if self.val_set is not None else 0) + \
             (len(self.test_set) if self.test_set is not None else 0)
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        self._params = [p for p in self.module.parameters() if p.requires_grad]
+        pin = self.device.type == "cuda"  # pinned host batches copy to the GPU without a sync
+        t_bar = 0.0
         net.train()
         while self.epoch < cfg.epochs and stop_reason is None:
             sampler.set_epoch(self.epoch, self.batch_in_epoch)
             loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                generator=gen)
+                                generator=gen, pin_memory=pin)
             bar = None
             if self._progress_enabled():
                 from tqdm import tqdm
@@ -291,39 +376,22 @@ class Trainer:
             t_ep = time.perf_counter()
             for batch in loader:
                 t0 = time.perf_counter()
-                batch = batch.to(self.device)
-                y = self._target(batch)
-                base = self.norm.baseline(batch, y.device)
-                yn = self.norm.normalize(y, batch, base)
-                pred = self._predict(net, batch)
-                if pred.shape != yn.shape:
-                    raise ValueError(f"model output shape {tuple(pred.shape)} does not match the "
-                                     f"target shape {tuple(yn.shape)}")
-                loss = self._loss(pred, yn)
-                aux = self._auxiliary_loss()
-                if aux is not None:  # e.g. PhysChem's lambda * conformation loss
-                    loss = loss + aux
-                    self.accum["aux"] = self.accum.get("aux", 0.0) + float(aux.detach()) * y.numel()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.ema.update(self.module)
-                self.step += 1
-                self.batch_in_epoch += 1
-                nb = y.numel()
-                lv = float(loss.detach())
-                self.accum["loss"] += lv * nb
-                self.accum["abs"] += float((self.norm.denormalize(pred.detach(), batch, base)
-                                            - y.double()).abs().sum())
-                self.accum["n"] += nb
+                try:
+                    self._train_step(net, batch)
+                except Exception as e:  # say when it is torch.compile's (its errors name no option)
+                    if cfg.compile and hasattr(e, "add_note"):
+                        e.add_note("pamnet-fast: raised in a training step under torch.compile "
+                                   "(--compile / TrainConfig.compile); the model trains without it")
+                    raise
                 dt = time.perf_counter() - t0
                 sec_per_step = dt if sec_per_step is None else 0.9 * sec_per_step + 0.1 * dt
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{self.accum['loss'] / max(1, self.accum['n']):.4g}")
+                    if time.perf_counter() - t_bar > 1.0:  # reading the loss waits for the device
+                        t_bar = time.perf_counter()
+                        loss_sum, _, n = (self._acc[:3].cpu() + torch.tensor(
+                            [self.accum["loss"], self.accum["abs"], self.accum["n"]], dtype=torch.float64)).tolist()
+                        bar.set_postfix(loss=f"{loss_sum / max(1, n):.4g}")
                 for h in self._hooks:
                     h(self, self.step)
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
@@ -340,6 +408,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.accum["seconds"] += time.perf_counter() - t_ep
+            self._flush_accum()
             partial = stop_reason is not None
             if partial and self.batch_in_epoch == 0:
                 break
