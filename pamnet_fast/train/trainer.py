@@ -47,10 +47,14 @@ def dataset_targets(ds, target_index: Optional[int]) -> torch.Tensor:
     return y
 
 
-def compile_model(module: nn.Module) -> nn.Module:
-    """``torch.compile(module, dynamic=True)``: one graph for every batch size (molecule and edge
-    counts change every batch). The module itself is unchanged, so checkpoints hold its state dict
-    (no ``_orig_mod.`` prefixes)."""
+def compile_model(module: nn.Module):
+    """PAMNet / PAMNet-s: :func:`pamnet_fast.nn.compile_model` (graphs built outside, the forward one
+    graph, ``fullgraph=True``); other models: ``torch.compile(module, dynamic=True)``. One graph for
+    every batch size (molecule and edge counts change every batch). The module itself is unchanged, so
+    checkpoints hold its state dict (no ``_orig_mod.`` prefixes)."""
+    if hasattr(module, "forward_tensors") and getattr(module, "max_memory", None) is None:
+        from ..nn import compile_model as compile_pamnet
+        return compile_pamnet(module)
     return torch.compile(module, dynamic=True)
 
 
