@@ -112,3 +112,17 @@ def test_fullgraph_reference_compat_rna_model():
     assert rel_err(compiled(data, model.build_graphs(data)), model(data)) <= 1e-12
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_trainer_compiles_pamnet_fullgraph_and_other_models_generically():
+    """``--compile`` takes nn.compile_model (fullgraph, graphs outside) for PAMNet; the wrapper follows
+    train()/eval() of its model (the trainer switches modes on it)."""
+    from pamnet_fast.nn import CompiledModel, PAMNet, PAMNetConfig
+    from pamnet_fast.train.trainer import compile_model
+    model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=1))
+    compiled = compile_model(model)
+    assert isinstance(compiled, CompiledModel) and compiled.model is model
+    assert compiled.eval() is compiled and not model.training
+    compiled.train()
+    assert model.training
+    assert not isinstance(compile_model(torch.nn.Linear(2, 2)), CompiledModel)

@@ -32,6 +32,13 @@ class CompiledModel:
         self.model = model
         self.compiled = compiled
 
+    def train(self, mode: bool = True) -> "CompiledModel":
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> "CompiledModel":
+        return self.train(False)
+
     def __call__(self, data, graphs: Optional[Graphs] = None) -> Tensor:
         if graphs is None:
             graphs = self.model.build_graphs(data)
