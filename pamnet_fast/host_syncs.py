@@ -16,7 +16,7 @@ nothing, so the tests check the GPU's synchronization budget of a model without 
 from __future__ import annotations
 
 from collections import Counter
-from typing import List
+from typing import List, Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -43,16 +43,16 @@ class _Dispatch(TorchDispatchMode):
         kwargs = kwargs or {}
         name = func._schema.name.split("::")[-1]
         c = self.counter
-        c.op_counts[name] += 1
+        c.op_names.append(name)
         if c._reading:  # the aten side of a Python-level read, already recorded
             pass
         elif name in SYNC_OPS:
-            c.syncs.append(name)
+            c._sync(name, args)
         elif name in ("index", "index_put", "index_put_") and any(
                 t is not None and t.dtype == torch.bool for t in args[1]):
-            c.syncs.append(f"{name}[bool]")
+            c._sync(f"{name}[bool]", args)
         elif name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) < 3:
-            c.syncs.append("repeat_interleave")
+            c._sync("repeat_interleave", args)
         return func(*args, **kwargs)
 
 
@@ -65,7 +65,7 @@ class _Function(TorchFunctionMode):
         name = _READS.get(func)
         if name is None or not args or not isinstance(args[0], torch.Tensor) or self.counter._reading:
             return func(*args, **(kwargs or {}))
-        self.counter.syncs.append(name)
+        self.counter._sync(name, args)
         self.counter._reading = True
         try:
             return func(*args, **(kwargs or {}))
@@ -74,21 +74,32 @@ class _Function(TorchFunctionMode):
 
 
 class HostSyncCounter:
-    """Context manager recording ``syncs`` (names of the synchronizing calls, in order) and
-    ``op_counts`` (aten op name -> calls). ``python_reads=False`` leaves out the Python-level reads
-    (``.item()``, ``.tolist()``, ``bool(t)``, ...), for code whose own reads are counted otherwise."""
+    """Context manager recording ``syncs`` (names of the synchronizing calls, in order),
+    ``sync_tensors`` (the tensor each of them reads, or ``None``) and ``op_names`` (the aten ops
+    dispatched, in order). ``python_reads=False`` leaves out the Python-level reads (``.item()``,
+    ``.tolist()``, ``bool(t)``, ...), for code whose own reads are counted otherwise."""
 
     def __init__(self, python_reads: bool = True):
         self.syncs: List[str] = []
-        self.op_counts: Counter = Counter()
+        self.sync_tensors: List[Optional[torch.Tensor]] = []
+        self.op_names: List[str] = []
         self._reading = False
         self.mode = _Dispatch(self)
         self._function = _Function(self) if python_reads else None
 
+    def _sync(self, name: str, args) -> None:
+        self.syncs.append(name)
+        self.sync_tensors.append(args[0] if args and isinstance(args[0], torch.Tensor) else None)
+
+    @property
+    def op_counts(self) -> Counter:
+        """Aten op name -> calls."""
+        return Counter(self.op_names)
+
     @property
     def ops(self) -> int:
         """Aten ops dispatched."""
-        return sum(self.op_counts.values())
+        return len(self.op_names)
 
     @property
     def kernel_ops(self) -> int:

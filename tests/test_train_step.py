@@ -4,32 +4,12 @@ import json
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-
+from pamnet_fast.host_syncs import HostSyncCounter
 from pamnet_fast.train import EMA, TrainConfig, Trainer, load_checkpoint
 from pamnet_fast.train.optim import adam_impl, make_adam
 from pamnet_fast.train.tiny import TinyModel, synthetic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-# Host-synchronizing aten ops: a minimal copy of tests/test_triton.py's _SYNC_OPS/_CountSyncs, which
-# also records the tensor each sync reads (to tell Adam's host-side step counters apart).
-_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique_consecutive", "_unique2", "unique_dim",
-             "bincount", "is_nonzero", "equal", "item"}
-
-
-class _CountSyncs(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops, self.syncs = [], []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[-1]
-        self.ops.append(name)
-        if name in _SYNC_OPS:
-            self.syncs.append((name, args[0] if args and isinstance(args[0], torch.Tensor) else None))
-        return func(*args, **(kwargs or {}))
-
 
 @pytest.fixture(scope="module")
 def data():
@@ -94,7 +74,7 @@ def test_train_step_has_no_host_sync(data):
 
         def counted(fn, key):
             def run(*args):
-                with _CountSyncs() as c:
+                with HostSyncCounter(python_reads=False) as c:
                     fn(*args)
                 seen[key].append(c)
             return run
@@ -107,7 +87,7 @@ def test_train_step_has_no_host_sync(data):
                 assert c.syncs == []
             else:
                 assert all(name == "_local_scalar_dense" and id(t) in counters and t.device.type == "cpu"
-                           for name, t in c.syncs), c.syncs
+                           for name, t in zip(c.syncs, c.sync_tensors)), c.syncs
 
 
 def _update_ops(n_layers: int, impl: str):
@@ -121,9 +101,9 @@ def _update_ops(n_layers: int, impl: str):
     tr.ema = EMA(model)
     for _ in range(2):
         model(torch.randn(2, 4)).sum().backward()
-        with _CountSyncs() as c:
+        with HostSyncCounter(python_reads=False) as c:
             tr._update()
-    return [o for o in c.ops if o != "_local_scalar_dense"]
+    return [o for o in c.op_names if o != "_local_scalar_dense"]
 
 
 @pytest.mark.parametrize("impl", ["fused", "foreach"])

@@ -234,13 +234,6 @@ def test_neighbor_search_real_rna(shared_data):
     _graphs_equal(KERNELS["knn_graph"](pos.to(DEV), 8, None, None, False), reference.knn_graph(pos, 8))
 
 
-def _CountSyncs():
-    """Host-synchronizing aten calls (and all aten calls); the launchers' own reads are counted
-    separately (monkeypatched ``_read``), so Python-level reads are left out here."""
-    from pamnet_fast.host_syncs import HostSyncCounter
-    return HostSyncCounter(python_reads=False)
-
-
 def test_neighbor_search_launch_and_read_budget(monkeypatch):
     """radius_graph: 3 Triton launches (BIN, COUNT, FILL) and one device->host read (the edge total and
     the largest count); kNN: one read at the start and one per round, 3 launches per round. Validation
@@ -250,6 +243,8 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
     launches, reads = [], []
     launch, read = nb._launch, nb._read
     from torch.utils._python_dispatch import _disable_current_modes
+
+    from pamnet_fast.host_syncs import HostSyncCounter
 
     def counted_launch(kernel, *args, **meta):
         launches.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
@@ -263,7 +258,7 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
     pos, batch = _batch_systems([16, 1, 24], 2.5, torch.float32, 8)
     for b in (None, batch):
         launches.clear(), reads.clear()
-        counter = _CountSyncs()
+        counter = HostSyncCounter(python_reads=False)  # reads: counted by _read
         with counter.mode:
             got = nb.radius_graph(pos, 1.1, b, False, -1, False)
         _graphs_equal(got, reference.radius_graph(pos, 1.1, b))
@@ -273,7 +268,7 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
         if b is None:
             continue
         launches.clear(), reads.clear()
-        counter = _CountSyncs()
+        counter = HostSyncCounter(python_reads=False)  # reads: counted by _read
         with counter.mode:
             got = nb.knn_graph(pos, 5, b, None, False)
         _graphs_equal(got, reference.knn_graph(pos, 5, b))

@@ -4,7 +4,7 @@ exact resume from atomic checkpoints, DDP (torchrun), metrics files and plots.
 The step is free of host synchronizations of its own: fused Adam (:mod:`.optim`), foreach gradient
 clipping and EMA, and the running loss/MAE summed on the device and read at epoch ends, checkpoints
 and (at most once a second) for the progress bar. ``precision`` (fp32 | bf16 | fp64, see
-:mod:`.precision`) and ``compile`` (``torch.compile(dynamic=True)``) are options of :class:`TrainConfig`."""
+:mod:`.precision`) and ``compile`` (:func:`compile_model`) are options of :class:`TrainConfig`."""
 from __future__ import annotations
 
 import copy
@@ -308,7 +308,6 @@ class Trainer:
         if dev.startswith("cuda") and info.enabled and ":" not in dev:
             dev = f"cuda:{info.local_rank}"
         self.device = torch.device(dev)
-        self.precision = Precision(cfg.precision)
         self.precision.check_device(self.device)
         self.module = self.precision.module(self.model.to(self.device))
         net = self.module
