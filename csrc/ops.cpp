@@ -1,4 +1,6 @@
 // Argument checks of every op, then dispatch to the CPU kernels. Kernels assume what is checked here.
+// check_values=false skips the checks that read tensor values (index ranges, CSR pointers, sorted
+// batches, finite inputs): for inputs built valid, e.g. by pamnet_fast.nn.graphs.build_graphs.
 #include "ops.h"
 
 #include <cmath>
@@ -86,9 +88,12 @@ void check_non_decreasing(const char* op, const char* name, const at::Tensor& t,
   TORCH_CHECK_VALUE(ok, op, ": ", name, " must be ", what);
 }
 
-at::Tensor check_csr(const char* op, const char* name, const at::Tensor& ptr, int64_t nnz) {
+// check_values=false: only the dtype and shape (the values are vouched for by the caller).
+at::Tensor check_csr(const char* op, const char* name, const at::Tensor& ptr, int64_t nnz,
+                     bool check_values) {
   auto p = check_index(op, name, ptr, 1);
   TORCH_CHECK_VALUE(p.numel() > 0, op, ": ", name, " must have at least one entry (ptr[0] = 0)");
+  if (!check_values) return p;
   const int64_t first = p[0].item<int64_t>(), last = p[-1].item<int64_t>();
   TORCH_CHECK_VALUE(first == 0 && last == nnz, op, ": ", name, " must start at 0 and end at ", nnz,
                     " (the number of entries), got ", first, " and ", last);
@@ -96,24 +101,28 @@ at::Tensor check_csr(const char* op, const char* name, const at::Tensor& ptr, in
   return p;
 }
 
-at::Tensor check_positions(const char* op, const at::Tensor& pos) {
+at::Tensor check_positions(const char* op, const at::Tensor& pos, bool check_values = true) {
   check_float(op, "pos", pos, 2);
   TORCH_CHECK_VALUE(pos.size(1) == 3, op, ": pos must have shape [N, 3], got ", pos.sizes());
-  check_finite(op, "pos", pos);
+  if (check_values) check_finite(op, "pos", pos);
   return pos.contiguous();
 }
 
 // Node ranges of the graphs of a sorted batch vector: [G + 1] with graph g = [ptr[g], ptr[g+1]).
-at::Tensor graph_ptr(const char* op, const std::optional<at::Tensor>& batch, int64_t num_nodes) {
+// check_values=false: the caller vouches that batch is sorted and non-negative.
+at::Tensor graph_ptr(const char* op, const std::optional<at::Tensor>& batch, int64_t num_nodes,
+                     bool check_values) {
   auto opts = at::TensorOptions().dtype(at::kLong);
   if (!batch.has_value()) return at::tensor({int64_t(0), num_nodes}, opts);
   auto b = check_index(op, "batch", *batch, 1);
   TORCH_CHECK_VALUE(b.numel() == num_nodes, op, ": batch has ", b.numel(), " entries but pos has ",
                     num_nodes, " nodes");
   if (num_nodes == 0) return at::zeros({1}, opts);
-  TORCH_CHECK_VALUE(b.min().item<int64_t>() >= 0, op, ": batch contains negative graph indices");
-  check_non_decreasing(op, "batch", b,
-                       "sorted (nodes of each graph contiguous, graphs in ascending order)");
+  if (check_values) {
+    TORCH_CHECK_VALUE(b.min().item<int64_t>() >= 0, op, ": batch contains negative graph indices");
+    check_non_decreasing(op, "batch", b,
+                         "sorted (nodes of each graph contiguous, graphs in ascending order)");
+  }
   // Empty graphs (skipped ids) need no range: split where the graph index changes.
   auto starts = at::nonzero(b.slice(0, 1, num_nodes) != b.slice(0, 0, num_nodes - 1)).view(-1) + 1;
   return at::cat({at::zeros({1}, opts), starts, at::tensor({num_nodes}, opts)});
@@ -123,11 +132,12 @@ at::Tensor graph_ptr(const char* op, const std::optional<at::Tensor>& batch, int
 
 std::tuple<at::Tensor, at::Tensor> radius_graph(const at::Tensor& pos, double r,
                                                 const std::optional<at::Tensor>& batch, bool loop,
-                                                int64_t max_num_neighbors, bool truncate) {
+                                                int64_t max_num_neighbors, bool truncate,
+                                                bool check_values) {
   const char* op = "radius_graph";
-  auto p = check_positions(op, pos);
+  auto p = check_positions(op, pos, check_values);
   check_positive(op, "r", r);
-  auto ptr = graph_ptr(op, batch, p.size(0));
+  auto ptr = graph_ptr(op, batch, p.size(0), check_values);
   return cpu::radius_graph_kernel(p, r, ptr, loop, max_num_neighbors, truncate);
 }
 
@@ -138,25 +148,27 @@ std::tuple<at::Tensor, at::Tensor> knn_graph(const at::Tensor& pos, int64_t k,
   auto p = check_positions(op, pos);
   TORCH_CHECK_VALUE(k > 0, op, ": k must be positive and finite, got ", k);
   if (r.has_value()) check_positive(op, "r", *r);
-  auto ptr = graph_ptr(op, batch, p.size(0));
+  auto ptr = graph_ptr(op, batch, p.size(0), true);
   return cpu::knn_graph_kernel(p, k, ptr, r.has_value(), r.value_or(0.0), loop);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplets(
-    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs) {
+    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values) {
   const char* op = "triplets";
   TORCH_CHECK_VALUE(num_nodes >= 0, op, ": num_nodes must be a non-negative int, got ", num_nodes);
   auto ei = check_index(op, "edge_index", edge_index, 2);
   TORCH_CHECK_VALUE(ei.size(0) == 2, op, ": edge_index must have shape [2, E], got ", ei.sizes());
-  check_range(op, "edge_index", ei, num_nodes);
-  check_non_decreasing(op, "edge_index", ei[1],
-                       "sorted by target (edge_index[1] non-decreasing); sort it, e.g. with "
-                       "torch_geometric.utils.sort_edge_index(edge_index, sort_by_row=False)");
+  if (check_values) {
+    check_range(op, "edge_index", ei, num_nodes);
+    check_non_decreasing(op, "edge_index", ei[1],
+                         "sorted by target (edge_index[1] non-decreasing); sort it, e.g. with "
+                         "torch_geometric.utils.sort_edge_index(edge_index, sort_by_row=False)");
+  }
   return cpu::triplets_kernel(ei, num_nodes, include_self_pairs);
 }
 
 at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
-                              const at::Tensor& ptr) {
+                              const at::Tensor& ptr, bool check_values) {
   const char* op = "segment_gather_mul";
   check_float(op, "a", a, 2);
   check_float(op, "b", b, 2);
@@ -164,8 +176,8 @@ at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const 
   auto s = check_index(op, "src", src, 1);
   check_features(op, "b", b, "a", a);
   check_rows(op, "src", s, b.size(0), "the number of rows of b");
-  auto p = check_csr(op, "ptr", ptr, b.size(0));
-  check_range(op, "src", s, a.size(0));
+  auto p = check_csr(op, "ptr", ptr, b.size(0), check_values);
+  if (check_values) check_range(op, "src", s, a.size(0));
   return cpu::segment_gather_mul_kernel(a.contiguous(), s, b.contiguous(), p);
 }
 
@@ -189,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
 
 at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
                               const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-                              const std::optional<at::Tensor>& edge_row) {
+                              const std::optional<at::Tensor>& edge_row, bool check_values) {
   const char* op = "fused_edge_message";
   check_float(op, "p", p, 2);
   check_float(op, "q", q, 2);
@@ -207,14 +219,14 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
   if (edge_row) {
     // Edges share rows of r and s: edge e uses row edge_row[e].
     er = check_index(op, "edge_row", *edge_row, 1);
-    check_range(op, "edge_row", *er, r.size(0));
+    if (check_values) check_range(op, "edge_row", *er, r.size(0));
   }
   const int64_t E = er ? er->numel() : r.size(0);
   const char* edges = er ? "the number of edges (len(edge_row))" : "the number of rows of r (edges)";
   check_rows(op, "src", sr, E, edges);
-  auto pt = check_csr(op, "ptr", ptr, E);
+  auto pt = check_csr(op, "ptr", ptr, E, check_values);
   check_rows(op, "p", p, pt.numel() - 1, "the number of targets (len(ptr) - 1)");
-  check_range(op, "src", sr, q.size(0));
+  if (check_values) check_range(op, "src", sr, q.size(0));
   return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
                                         pt, sr, er);
 }
@@ -236,10 +248,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
 
 namespace {
 
-void check_distances(const char* op, const at::Tensor& dist, double cutoff, int64_t envelope_exponent) {
+void check_distances(const char* op, const at::Tensor& dist, double cutoff, int64_t envelope_exponent,
+                     bool check_values) {
   check_positive(op, "cutoff", cutoff);
   TORCH_CHECK_VALUE(envelope_exponent > 0, op, ": envelope_exponent must be positive and finite, got ",
                     envelope_exponent);
+  if (!check_values) return;
   check_finite(op, "dist", dist);
   TORCH_CHECK_VALUE(dist.numel() == 0 || dist.min().item<double>() >= 0, op,
                     ": dist contains negative distances");
@@ -248,12 +262,12 @@ void check_distances(const char* op, const at::Tensor& dist, double cutoff, int6
 }  // namespace
 
 at::Tensor bessel_basis(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
-                        int64_t envelope_exponent) {
+                        int64_t envelope_exponent, bool check_values) {
   const char* op = "bessel_basis";
   check_float(op, "dist", dist, 1);
   check_float(op, "freq", freq, 1);
   check_same_dtype(op, "freq", freq, "dist", dist);
-  check_distances(op, dist, cutoff, envelope_exponent);
+  check_distances(op, dist, cutoff, envelope_exponent, check_values);
   return cpu::bessel_basis_kernel(dist.contiguous(), freq.contiguous(), cutoff, envelope_exponent);
 }
 
@@ -273,15 +287,15 @@ std::tuple<at::Tensor, at::Tensor> bessel_basis_backward(const at::Tensor& grad_
 }
 
 at::Tensor spherical_basis(const at::Tensor& dist, const at::Tensor& angle, const at::Tensor& zeros,
-                           double cutoff, int64_t envelope_exponent) {
+                           double cutoff, int64_t envelope_exponent, bool check_values) {
   const char* op = "spherical_basis";
   check_float(op, "dist", dist, 1);
   check_float(op, "angle", angle, 1);
   check_float(op, "zeros", zeros, 2);
   check_same_dtype(op, "angle", angle, "dist", dist);
   check_rows(op, "angle", angle, dist.size(0), "the length of dist");
-  check_distances(op, dist, cutoff, envelope_exponent);
-  check_finite(op, "angle", angle);
+  check_distances(op, dist, cutoff, envelope_exponent, check_values);
+  if (check_values) check_finite(op, "angle", angle);
   return cpu::spherical_basis_kernel(dist.contiguous(), angle.contiguous(), zeros, cutoff,
                                      envelope_exponent);
 }

@@ -12,14 +12,15 @@ namespace pamnet_fast {
 
 std::tuple<at::Tensor, at::Tensor> radius_graph(const at::Tensor& pos, double r,
                                                 const std::optional<at::Tensor>& batch, bool loop,
-                                                int64_t max_num_neighbors, bool truncate);
+                                                int64_t max_num_neighbors, bool truncate,
+                                                bool check_values);
 std::tuple<at::Tensor, at::Tensor> knn_graph(const at::Tensor& pos, int64_t k,
                                              const std::optional<at::Tensor>& batch,
                                              std::optional<double> r, bool loop);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplets(
-    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs);
+    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values);
 at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
-                              const at::Tensor& ptr);
+                              const at::Tensor& ptr, bool check_values);
 std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor& grad_out,
                                                                const at::Tensor& a,
                                                                const at::Tensor& src,
@@ -28,20 +29,20 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
                                                                bool need_b);
 at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
                               const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-                              const std::optional<at::Tensor>& edge_row);
+                              const std::optional<at::Tensor>& edge_row, bool check_values);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
     const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask);
 at::Tensor bessel_basis(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
-                        int64_t envelope_exponent);
+                        int64_t envelope_exponent, bool check_values);
 std::tuple<at::Tensor, at::Tensor> bessel_basis_backward(const at::Tensor& grad_out,
                                                          const at::Tensor& dist,
                                                          const at::Tensor& freq, double cutoff,
                                                          int64_t envelope_exponent, bool need_dist,
                                                          bool need_freq);
 at::Tensor spherical_basis(const at::Tensor& dist, const at::Tensor& angle, const at::Tensor& zeros,
-                           double cutoff, int64_t envelope_exponent);
+                           double cutoff, int64_t envelope_exponent, bool check_values);
 std::tuple<at::Tensor, at::Tensor> spherical_basis_backward(const at::Tensor& grad_out,
                                                             const at::Tensor& dist,
                                                             const at::Tensor& angle,

@@ -15,22 +15,23 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(pamnet_fast, m) {
   m.def("radius_graph(Tensor pos, float r, Tensor? batch, bool loop, int max_num_neighbors, "
-        "bool truncate) -> (Tensor, Tensor)");
+        "bool truncate, bool check_values=True) -> (Tensor, Tensor)");
   m.def("knn_graph(Tensor pos, int k, Tensor? batch, float? r, bool loop) -> (Tensor, Tensor)");
-  m.def("triplets(Tensor edge_index, int num_nodes, bool include_self_pairs) "
+  m.def("triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr) -> Tensor");
+  m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, bool check_values=True) -> Tensor");
   m.def("segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, Tensor b, Tensor ptr, "
         "bool need_a, bool need_b) -> (Tensor, Tensor)");
   m.def("fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src, "
-        "Tensor? edge_row=None) -> Tensor");
+        "Tensor? edge_row=None, bool check_values=True) -> Tensor");
   m.def("fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, Tensor s, "
         "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent) -> Tensor");
+  m.def("bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
+        "bool check_values=True) -> Tensor");
   m.def("bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, float cutoff, "
         "int envelope_exponent, bool need_dist, bool need_freq) -> (Tensor, Tensor)");
-  m.def("spherical_basis(Tensor dist, Tensor angle, Tensor zeros, float cutoff, int envelope_exponent) "
-        "-> Tensor");
+  m.def("spherical_basis(Tensor dist, Tensor angle, Tensor zeros, float cutoff, int envelope_exponent, "
+        "bool check_values=True) -> Tensor");
   m.def("spherical_basis_backward(Tensor grad_out, Tensor dist, Tensor angle, Tensor zeros, "
         "float cutoff, int envelope_exponent, bool need_dist, bool need_angle) -> (Tensor, Tensor)");
 }

@@ -138,6 +138,43 @@ def test_bad_atomic_numbers_name_the_problem():
         model.build_graphs(data)
 
 
+def test_bad_positions_batch_and_bonds_name_the_problem():
+    """build_graphs checks what its neighbor searches and triplets no longer check (they run with
+    check_values=False): finite positions, a sorted batch, bond indices in range; one read."""
+    import math
+    data = random_batch([6, 5], seed=4)
+    rna = rna_structure(6, max_atoms=60)
+    models = [(PAMNet(PAMNetConfig.qm9(dim=16, n_layer=1)), data),
+              (PAMNet(PAMNetConfig.rna(knn=False, dim=16, n_layer=1)), rna)]
+    for model, d in models:
+        bad = d.clone()
+        bad.pos[2, 1] = math.nan
+        with pytest.raises(ValueError, match="build_graphs: pos contains NaN or infinite values"):
+            model.build_graphs(bad)
+        bad = d.clone()
+        bad.batch = torch.zeros(bad.num_nodes, dtype=torch.long)
+        bad.batch[0] = 1
+        with pytest.raises(ValueError, match="build_graphs: batch must be sorted"):
+            model(bad)
+    bad = data.clone()
+    bad.edge_index = bad.edge_index.clone()
+    bad.edge_index[0, 3] = data.num_nodes
+    with pytest.raises(ValueError, match=r"bond list \(data.edge_index\) has atom indices outside"):
+        models[0][0](bad)
+    with pytest.raises(ValueError, match=r"must have shape \[2, E\]"):
+        models[0][0].build_graphs(Data(pos=data.pos, z=data.z, edge_index=data.edge_index[0]))
+
+
+def test_global_plex_alone_builds_no_local_graphs():
+    data = random_batch([6, 5], seed=5)
+    model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=1, local_plex=False)).double()
+    del data.edge_index  # the bonds are not needed without the local plex
+    g = model.build_graphs(data)
+    assert g.edge_index_l is None and g.trip is None and g.angles is None
+    assert g.edge_index_g.size(1) > 0
+    assert torch.isfinite(model(data, g)).all()
+
+
 def test_batch_of_single_graph_and_batch():
     d = Data(pos=torch.zeros(3, 3), batch=torch.tensor([0, 0, 1]))
     assert batch_of(d, 3, "cpu")[1] == 2

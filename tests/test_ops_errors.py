@@ -145,3 +145,50 @@ def test_reference_backend_raises_the_same_errors(name):
     else:
         with pytest.raises(ValueError, match="sorted by target"):
             impl(EI.flip(1), 10, False)
+
+
+def _valid_calls(check_values):
+    """Every op with a ``check_values`` flag, on valid inputs."""
+    a, src, b, ptr = segment_args()
+    p, q, r, s = torch.randn(2, 5), torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5)
+    dist = torch.rand(6) * 4
+    kw = dict(check_values=check_values)
+    return [ops.radius_graph(POS, 1.5, torch.tensor([0] * 4 + [1] * 6), return_ptr=True, **kw),
+            tuple(ops.triplets(EI, 10, **kw)),
+            ops.segment_gather_mul(a, src, b, ptr, **kw),
+            ops.fused_edge_message(p, q, r, s, torch.tensor([0, 1, 4]), src, **kw),
+            ops.fused_edge_message(p, q, r[:3], s[:3], torch.tensor([0, 1, 4]), src,
+                                   torch.tensor([0, 2, 1, 1]), **kw),
+            ops.bessel_basis(dist, 5.0, 4, **kw),
+            ops.spherical_basis(dist, torch.rand(6) * 3, 5.0, 3, 2, **kw)]
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_check_values_false_gives_the_same_results(backend, monkeypatch):
+    """``check_values=False`` skips only the checks of values, on every backend."""
+    if backend == "reference":
+        for name in library.FORWARD_OPS:  # the Python twins behind the same wrappers
+            monkeypatch.setattr(torch.ops.pamnet_fast, name, library.REFERENCE_IMPLS[name], raising=False)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    checked = _valid_calls(True)
+    torch.set_rng_state(state)
+    unchecked = _valid_calls(False)
+    for x, y in zip(checked, unchecked):
+        for u, v in zip(x if isinstance(x, tuple) else (x,), y if isinstance(y, tuple) else (y,)):
+            assert torch.equal(u, v)
+
+
+def test_check_values_false_skips_only_value_checks():
+    """Shapes, dtypes and devices are always checked; index values only with ``check_values``."""
+    a, src, b, ptr = segment_args()
+    with pytest.raises(ValueError, match="src has 3 rows"):
+        ops.segment_gather_mul(a, src[:3], b, ptr, check_values=False)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.bessel_basis(torch.ones(3, dtype=torch.long), 5.0, 4, check_values=False)
+    with pytest.raises(ValueError, match=r"shape \[N, 3\]"):
+        ops.radius_graph(torch.zeros(4, 2), 1.0, check_values=False)
+    # the value checks that check_values=False leaves out (the same inputs raise with the default)
+    ops.bessel_basis(torch.tensor([-1.0, 1.0]), 5.0, 4, check_values=False)
+    with pytest.raises(ValueError, match="negative"):
+        ops.bessel_basis(torch.tensor([-1.0, 1.0]), 5.0, 4)

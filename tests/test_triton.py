@@ -253,8 +253,8 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
 
     monkeypatch.setattr(nb, "_launch", counted_launch)
     monkeypatch.setattr(nb, "_read", lambda t: (reads.append(t.numel()), read(t))[1])
-    monkeypatch.setattr(nb, "validate", types.SimpleNamespace(radius_graph=lambda *a: None,
-                                                              knn_graph=lambda *a: None))
+    monkeypatch.setattr(nb, "validate", types.SimpleNamespace(radius_graph=lambda *a, **k: None,
+                                                              knn_graph=lambda *a, **k: None))
     pos, batch = _batch_systems([16, 1, 24], 2.5, torch.float32, 8)
     for b in (None, batch):
         launches.clear(), reads.clear()
@@ -277,6 +277,132 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
         assert rounds >= 1 and len(launches) == 3 * rounds, launches
         assert len(reads) == 2 + rounds, (reads, rounds)
 
+
+
+# --- host reads of every launcher, and the model on the Triton kernels (the CUDA path) ---
+
+def _reads_of(fn, *args):
+    """The device reads (``.tolist()``, ``.item()``, ``bool()``, ...) made by ``fn(*args)``."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    import triton.runtime.interpreter as interpreter
+    from pamnet_fast.host_syncs import HostSyncCounter
+    run = interpreter.InterpretedFunction.run
+
+    def quiet_run(self, *a, **k):  # the interpreter's own tensor work is not the launcher's
+        with _disable_current_modes():
+            return run(self, *a, **k)
+    interpreter.InterpretedFunction.run = quiet_run
+    try:
+        with HostSyncCounter() as counter:
+            fn(*args)
+    finally:
+        interpreter.InterpretedFunction.run = run
+    return counter.syncs
+
+
+def test_launcher_host_reads_with_and_without_value_checks():
+    """With ``check_values=False`` the float ops read nothing from the device (CUDA-graph
+    capturable); with the checks, one read each. The graph ops read their output sizes once, and
+    the checks add one read."""
+    g = _gen(11)
+    ei = _edges(40, 3.0, 1.2, 6)
+    ptr = torch.searchsorted(ei[1], torch.arange(41))
+    src = ei[0]
+    e = src.numel()
+    a, b = torch.randn(40, 8, generator=g), torch.randn(e, 8, generator=g)
+    p, q = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g)
+    row = torch.arange(e) // 2
+    dist, angle = torch.rand(e, generator=g) * 4, torch.rand(e, generator=g) * 3
+    zeros = library.reference.spherical_bessel_zeros(3, 2)
+    calls = {
+        "segment_gather_mul": (KERNELS["segment_gather_mul"], a, src, b, ptr),
+        "fused_edge_message": (KERNELS["fused_edge_message"], p, q, b, b, ptr, src, None),
+        "fused_edge_message[edge_row]": (KERNELS["fused_edge_message"], p, q, b[: e // 2 + 1],
+                                         b[: e // 2 + 1], ptr, src, row),
+        "bessel_basis": (KERNELS["bessel_basis"], dist, torch.arange(1.0, 5.0) * math.pi, 5.0, 6),
+        "spherical_basis": (KERNELS["spherical_basis"], dist, angle, zeros, 5.0, 6),
+    }
+    for name, (fn, *args) in calls.items():
+        args = [t.to(DEV) if isinstance(t, torch.Tensor) else t for t in args]
+        assert _reads_of(fn, *args, False) == [], name
+        assert len(_reads_of(fn, *args, True)) == 1, name
+    pos = _random_pos(40, 3.0, torch.float64, 6).to(DEV)
+    assert len(_reads_of(KERNELS["radius_graph"], pos, 1.2, None, False, -1, False, False)) == 1
+    assert len(_reads_of(KERNELS["radius_graph"], pos, 1.2, None, False, -1, False, True)) == 2
+    assert len(_reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, False)) == 1
+    assert len(_reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, True)) == 2
+    # backward kernels never read
+    out_g = torch.randn(40, 8, generator=g).to(DEV)
+    assert _reads_of(KERNELS["segment_gather_mul_backward"], out_g, a, src, b, ptr, True, True) == []
+    assert _reads_of(KERNELS["fused_edge_message_backward"], out_g, p, q, b, b, ptr, src, None,
+                     [True] * 4) == []
+
+
+@pytest.fixture(scope="module")
+def qm9_small(tmp_path_factory):
+    try:
+        from pamnet_fast.data import QM9
+        from torch_geometric.loader import DataLoader
+        ds = QM9(tmp_path_factory.mktemp("qm9"), limit=16, verbose=False, num_workers=1)
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"QM9 (qm9pack) not available: {exc}")
+    data = next(iter(DataLoader(ds, batch_size=8)))
+    data.pos = data.pos.double()
+    return data
+
+
+def _route_ops_to_triton(monkeypatch, launches):
+    """The public ops call the Triton kernels (on CPU tensors: the interpreter; forward only), and
+    every kernel launch is recorded. On CUDA the dispatcher already does it."""
+    import importlib
+    import types
+    import triton.runtime.interpreter as interpreter
+    from torch.utils._python_dispatch import _disable_current_modes
+    if DEV == "cuda":
+        return
+    ns = types.SimpleNamespace(**{n: KERNELS[n] for n in library.FORWARD_OPS})
+    for module in ("message", "basis", "graph", "triplets"):
+        monkeypatch.setattr(importlib.import_module(f"pamnet_fast.ops.{module}"), "_ops", lambda: ns)
+    run = interpreter.InterpretedFunction.run
+
+    def counted_run(self, *args, **kwargs):
+        launches.append(self.fn.__name__)
+        with _disable_current_modes():
+            return run(self, *args, **kwargs)
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted_run)
+
+
+@pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])
+def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch):
+    """PAMNet's CUDA path, run through the Triton kernels: graph building reads the device 3 times
+    (the input checks with the bond list's sizes, the radius graph's edge total, the triplet list
+    sizes), the forward given the graphs never, and each fused op is one kernel launch. The result
+    equals the CPU kernels'."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    from pamnet_fast.nn import PAMNet, PAMNetConfig, PAMNetS
+    torch.manual_seed(0)
+    n_layer = 2
+    model = {"PAMNet": PAMNet, "PAMNetS": PAMNetS}[name](PAMNetConfig.qm9(dim=32, n_layer=n_layer))
+    model = model.double().eval()
+    with torch.no_grad():
+        want = model(qm9_small)
+    model, data = model.to(DEV), qm9_small.to(DEV)
+    launches = []
+    _route_ops_to_triton(monkeypatch, launches)
+    with torch.no_grad():
+        with HostSyncCounter() as counter:
+            graphs = model.build_graphs(data)
+        assert counter.syncs == ["tolist"] * 3, counter.syncs
+        launches.clear()
+        with HostSyncCounter() as counter:
+            got = model(data, graphs)
+    assert counter.syncs == [], counter.syncs
+    if DEV == "cpu":
+        # per layer: global edge sum, local edge sum + gate sum, angle sum(s); two basis kernels
+        per_layer = 4
+        bases = 2 + (2 if name == "PAMNet" else 1)
+        assert len(launches) == n_layer * per_layer + bases, launches
+    _close(got, want, torch.float64)
 
 # --- triplets ---
 

@@ -108,7 +108,8 @@ class BesselBasis(nn.Module):
         if self.reference_compat:
             x = (dist / self.cutoff).unsqueeze(-1)
             return compat_envelope(x, self.p) * torch.sin(self.freq * x)
-        return ops.bessel_basis(dist, self.cutoff, self.num_radial, self.p, freq=self.freq)
+        return ops.bessel_basis(dist, self.cutoff, self.num_radial, self.p, freq=self.freq,
+                                check_values=False)
 
     def extra_repr(self) -> str:
         return (f"num_radial={self.num_radial}, cutoff={self.cutoff}, p={self.p}, "
@@ -164,7 +165,7 @@ class SphericalBasis(nn.Module):
             dist = dist.index_select(0, index)
         zeros = self.zeros if self.zeros.device == dist.device else None
         return ops.spherical_basis(dist, angle, self.cutoff, self.num_spherical, self.num_radial, self.p,
-                                   zeros=zeros)
+                                   zeros=zeros, check_values=False)
 
     def extra_repr(self) -> str:
         return (f"num_spherical={self.num_spherical}, num_radial={self.num_radial}, "

@@ -1,7 +1,9 @@
 r"""Building blocks (MLP, residual block, update/output block) and the global message passing layer.
 
 Parameter names follow the authors' PAMNet code (``mlp_x1.0.0.weight``, ``res1.mlp.1.0.bias``, ``W``,
-...), so their state dicts load with a near-identity name map (:mod:`pamnet_fast.nn.compat`).
+...), so their state dicts load with a near-identity name map (:mod:`pamnet_fast.nn.compat`). Like
+the local layers, the global layer trusts its index inputs (``check_values=False``: see
+:mod:`pamnet_fast.nn.local_mp`).
 """
 from __future__ import annotations
 
@@ -161,4 +163,4 @@ class GlobalMessagePassing(PlexLayer):
         sources): a block of targets gives its rows of the full sum (the streamed global plex)."""
         r = ops.linear(edge_attr, split_message_weight(self.mlp_m[0][0], self.dim)[2])
         s = self.W_edge_attr(edge_attr)
-        return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)
+        return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row, check_values=False)

@@ -177,12 +177,41 @@ def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
     return _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if ok else None
 
 
+def position_check(pos: Tensor, batch: Optional[Tensor]) -> InputCheck:
+    """Finite ``pos`` and a sorted, non-negative ``batch`` as an :class:`InputCheck` (what the
+    neighbor searches would otherwise check, one read each, before they run unchecked)."""
+    conditions = [torch.isfinite(pos).all()]
+    if batch is not None and batch.numel():
+        conditions += [batch.min() >= 0, ops.checks.sorted_nondecreasing(batch)]
+
+    def fail():
+        ops.checks.finite("build_graphs", "pos", pos)
+        ops.checks.batch_values("build_graphs", batch)
+    return InputCheck(torch.stack(conditions).all(), fail)
+
+
+def bond_check(bonds: Tensor, num_nodes: int) -> InputCheck:
+    """A ``[2, E]`` bond list with every index in ``[0, num_nodes)``, as an :class:`InputCheck`."""
+    if bonds.dim() != 2 or bonds.size(0) != 2:
+        raise ValueError(f"build_graphs: the bond list (data.edge_index) must have shape [2, E], got "
+                         f"{tuple(bonds.shape)}")
+    ok = ((bonds >= 0) & (bonds < num_nodes)).all() if bonds.numel() else torch.ones(
+        (), dtype=torch.bool, device=bonds.device)
+
+    def fail():
+        raise ValueError(f"build_graphs: the bond list (data.edge_index) has atom indices outside "
+                         f"[0, {num_nodes})")
+    return InputCheck(ok, fail)
+
+
 def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = ()
                ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """A bond list (any order, both directions, maybe with self-loops) as a plex: ``(edge_index
     [2, E], ptr [N + 1], pair_rows or None)``, self-loops dropped, sorted by target then source;
     ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it
-    (``checks``: :class:`InputCheck` flags read in the same read)."""
+    (``checks``: :class:`InputCheck` flags read in the same read, with the check that the indices
+    are in range)."""
+    checks = (bond_check(bonds, num_nodes),) + tuple(checks)
     bonds = bonds.long()
     src, dst = bonds[0], bonds[1]
     keep = src != dst
@@ -241,7 +270,8 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int,
 
 def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
                  global_plex: bool = True, num_graphs: Optional[int] = None,
-                 checks: Sequence[InputCheck] = (), merge_angles: bool = True) -> Graphs:
+                 checks: Sequence[InputCheck] = (), merge_angles: bool = True,
+                 local_plex: bool = True) -> Graphs:
     """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
     (graphs never interact).
 
@@ -259,7 +289,12 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     (``batch.max() + 1`` is read from the device when not given). ``checks``: input checks
     (:class:`InputCheck`) read in the same host read as the graph sizes (or alone, when no size
     needs reading: radius plexes). ``merge_angles``: also the :class:`AngleLists` (PAMNet; PAMNet-s
-    uses the one-hop list only).
+    uses the one-hop list only). ``local_plex=False``: the local fields are ``None`` (the global
+    plex alone).
+
+    Host reads: the input checks (with finite ``pos``, sorted ``batch`` and bonds in range) in one,
+    riding on a bond list's sizes; then one per neighbor search and one for the triplets. The
+    searches and the triplet enumeration run after the checks with ``check_values=False``.
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -269,15 +304,20 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
         raise ValueError(f"global_graph must be 'radius' or 'knn', got {cfg.global_graph!r}")
     if cfg.local_graph not in ("bonds", "radius"):
         raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
-    if cfg.local_graph == "bonds" and bonds is None:
+    bonds_local = local_plex and cfg.local_graph == "bonds"
+    if bonds_local and bonds is None:
         raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
-    # the input checks ride on the one read that sizes an edge list (or are read alone)
-    bond_checks = tuple(checks) if cfg.local_graph == "bonds" else ()
-    knn_checks = tuple(checks) if compat_knn and not bond_checks else ()
-    if checks and not bond_checks and not knn_checks:
+    # The input checks ride on the first read that sizes an edge list (a bond list's, or the
+    # authors' kNN list's), or are read alone: before any neighbor search that runs unchecked.
+    checks = tuple(checks) + (position_check(pos, batch),)
+    if bonds_local:
+        ei_l, ptr_l, pairs_l = bond_graph(bonds, n, checks)
+    elif compat_knn:
+        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, checks)
+    else:
         _raise_failed(checks, read_counts(*checks))
-    if compat_knn:
-        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, knn_checks)
+    if compat_knn and bonds_local:
+        ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n)
     if not global_plex:
         ei_g = ptr_g = None
     elif compat_knn:
@@ -285,28 +325,34 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     elif cfg.global_graph == "knn":
         ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
     else:
-        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True)
+        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True,
+                                       check_values=False)
     dist_g = edge_distance(pos, ei_g) if global_plex else None
     # radius plexes are symmetric by construction (max_num_neighbors raises, never truncates)
     pairs_g = (pair_rows(ei_g, n, symmetric=True)
                if global_plex and cfg.global_graph == "radius" else None)
 
-    if cfg.local_graph == "bonds":
-        ei_l, ptr_l, pairs_l = bond_graph(bonds, n, bond_checks)
-    elif compat_knn:
-        ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
+    dist_l = trip = edge_ids = angles = pair_l = edge_row_l = None
+    if not local_plex:
+        ei_l = ptr_l = None
     else:
-        ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn, return_ptr=True)
-        pairs_l = pair_rows(ei_l, n, symmetric=True)
-    dist_l = edge_distance(pos, ei_l)
-    trip = ops.triplets(ei_l, n, include_self_pairs=compat)
-    edge_ids = torch.arange(ei_l.size(1), device=pos.device)
+        if bonds_local:
+            pass  # built above (its read carried the input checks)
+        elif compat_knn:
+            ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
+        else:
+            ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn,
+                                           return_ptr=True, check_values=False)
+            pairs_l = pair_rows(ei_l, n, symmetric=True)
+        dist_l = edge_distance(pos, ei_l)
+        trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False)
+        edge_ids = torch.arange(ei_l.size(1), device=pos.device)
+        pair_l, edge_row_l = pairs_l or (None, None)
+        angles = merged_angle_lists(trip) if merge_angles else None
     if batch is None:
         batch, num_graphs = torch.zeros(n, dtype=torch.long, device=pos.device), 1
     elif num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     pair_g, edge_row_g = pairs_g or (None, None)
-    pair_l, edge_row_l = pairs_l or (None, None)
-    angles = merged_angle_lists(trip) if merge_angles else None
     return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
                   pair_l, edge_row_l, batch.long(), num_graphs, angles)

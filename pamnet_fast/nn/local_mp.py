@@ -1,4 +1,8 @@
-r"""Local plex layers: PAMNet's (one-hop and two-hop angles) and PAMNet-s's (one-hop angles only)."""
+r"""Local plex layers: PAMNet's (one-hop and two-hop angles) and PAMNet-s's (one-hop angles only).
+
+The layers trust their index inputs (built valid, and the model inputs checked, by
+:func:`pamnet_fast.nn.graphs.build_graphs`): they call the ops with ``check_values=False``, so a
+forward reads nothing back from the device."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -38,8 +42,9 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
     w_i, w_j, w_e = split_message_weight(lin_ji, dim)
     p = ops.linear(h, w_i, lin_ji.bias)
     q = ops.linear(h, w_j)
-    out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row)
-    return out + ops.segment_gather_mul(gate, rows, m_other, ptr)
+    out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row,
+                                 check_values=False)
+    return out + ops.segment_gather_mul(gate, rows, m_other, ptr, check_values=False)
 
 
 def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr: Tensor,
@@ -109,7 +114,7 @@ class LocalMessagePassing(PlexLayer):
         angle sums are then one MLP pass and one gather-multiply-scatter (same sums, other order)."""
         def angle_sum(m_nb):
             a = maybe_checkpoint(self, self.mlp_sbf, sbf)
-            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr)
+            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr, check_values=False)
         return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
 
     def angle_sum(self, m_nb: Tensor, sbf2: Tensor, two_hop_kj: Tensor, two_hop_ptr: Tensor,
@@ -118,8 +123,8 @@ class LocalMessagePassing(PlexLayer):
         (all edges, or a block of them with its triplets: the streamed path)."""
         a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2)
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1)
-        m_other = ops.segment_gather_mul(m_nb, two_hop_kj, a2, two_hop_ptr)
-        return m_other + ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr)
+        m_other = ops.segment_gather_mul(m_nb, two_hop_kj, a2, two_hop_ptr, check_values=False)
+        return m_other + ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False)
 
 
 class LocalMessagePassingS(PlexLayer):
@@ -156,4 +161,4 @@ class LocalMessagePassingS(PlexLayer):
     def angle_sum(self, m_nb: Tensor, sbf: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
         """The one-hop triplet sum of :math:`m_{ji}` for the receiving edges of ``one_hop_ptr``."""
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
-        return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr)
+        return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False)

@@ -233,7 +233,8 @@ class _PAMNetBase(nn.Module):
         return build_graphs(self.config, data.pos, batch, getattr(data, "edge_index", None),
                             num_graphs=num_graphs if isinstance(num_graphs, int) else None,
                             checks=() if check is None else (check,),
-                            merge_angles=self.local_cls is LocalMessagePassing)
+                            merge_angles=self.local_cls is LocalMessagePassing,
+                            local_plex=self.config.local_plex)
 
     # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
     @property

@@ -17,7 +17,7 @@ def bessel_frequencies(num_radial: int, dtype=torch.float32, device=None) -> Ten
 
 
 def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent: int = 5, *,
-                 freq: Optional[Tensor] = None, _kernel=None) -> Tensor:
+                 freq: Optional[Tensor] = None, check_values: bool = True, _kernel=None) -> Tensor:
     r"""DimeNet's radial Bessel basis times the polynomial envelope, ``[E, num_radial]``:
 
     .. math:: e_n(d) = u_p(d/c) \, \frac{\sin(f_n d / c)}{d / c}, \quad
@@ -26,7 +26,9 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
     for :math:`x < 1` (0 beyond the cutoff), :math:`f_n = n\pi` unless ``freq`` (``[num_radial]``,
     e.g. a learnable parameter) is given, and :math:`p` = ``envelope_exponent`` used as given (PyG's
     DimeNet uses ``envelope_exponent + 1``). At :math:`d = 0` the value is the limit :math:`f_n`.
-    Differentiable w.r.t. ``dist`` and ``freq``.
+    Differentiable w.r.t. ``dist`` and ``freq``. ``check_values=False`` skips the check that the
+    distances are finite and non-negative (one device read; see
+    :func:`pamnet_fast.ops.segment_gather_mul`).
     """
     op = "bessel_basis"
     checks.floating(op, "dist", dist, dim=1)
@@ -37,7 +39,8 @@ def bessel_basis(dist: Tensor, cutoff: float, num_radial: int, envelope_exponent
     elif freq.dim() != 1 or freq.numel() != num_radial:
         raise ValueError(f"{op}: freq must have shape [{num_radial}], got {tuple(freq.shape)}")
     kernel = _kernel or _ops().bessel_basis
-    return kernel(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent)
+    return kernel(dist.contiguous(), freq.contiguous(), float(cutoff), envelope_exponent,
+                  bool(check_values))
 
 
 _ZEROS = {}  # (num_spherical, num_radial, device) -> zeros
@@ -63,7 +66,7 @@ def spherical_bessel_zeros(num_spherical: int, num_radial: int, device=None) -> 
 
 def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: int = 7,
                     num_radial: int = 6, envelope_exponent: int = 5, *, zeros: Optional[Tensor] = None,
-                    _kernel=None) -> Tensor:
+                    check_values: bool = True, _kernel=None) -> Tensor:
     r"""DimeNet's 2D spherical Fourier-Bessel basis, ``[T, num_spherical * num_radial]`` (l-major):
 
     .. math:: a_{ln}(d, \alpha) = u_p(d/c)\, \sqrt{2}\, \frac{j_l(z_{ln} d / c)}{|j_{l+1}(z_{ln})|}
@@ -74,7 +77,8 @@ def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: i
     :func:`bessel_basis`. ``dist`` and ``angle`` are per triplet (gather per-edge distances with the
     triplet's edge index first). Differentiable w.r.t. ``dist`` and ``angle``. ``zeros``: the
     ``[num_spherical, num_radial]`` float64 :func:`spherical_bessel_zeros` already on the device of
-    ``dist`` (a module keeps them; this saves a host-to-device copy per call).
+    ``dist`` (a module keeps them; this saves a host-to-device copy per call). ``check_values``: as
+    :func:`bessel_basis` (and finite angles).
     """
     op = "spherical_basis"
     checks.floating(op, "dist", dist, dim=1)
@@ -86,4 +90,5 @@ def spherical_basis(dist: Tensor, angle: Tensor, cutoff: float, num_spherical: i
     elif tuple(zeros.shape) != (num_spherical, num_radial):
         raise ValueError(f"{op}: zeros must have shape [{num_spherical}, {num_radial}], got {tuple(zeros.shape)}")
     kernel = _kernel or _ops().spherical_basis
-    return kernel(dist.contiguous(), angle.contiguous(), zeros, float(cutoff), envelope_exponent)
+    return kernel(dist.contiguous(), angle.contiguous(), zeros, float(cutoff), envelope_exponent,
+                  bool(check_values))

@@ -83,17 +83,49 @@ def finite(op: str, name: str, t: Tensor) -> None:
         raise ValueError(f"{op}: {name} contains NaN or infinite values")
 
 
-def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int) -> None:
+def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int, *, values: bool = True) -> None:
     if batch is None:
         return
     index(op, "batch", batch)
     if batch.numel() != num_nodes:
         raise ValueError(f"{op}: batch has {batch.numel()} entries but pos has {num_nodes} nodes")
+    if values:
+        batch_values(op, batch)
+
+
+def batch_values(op: str, batch: Optional[Tensor]) -> None:
+    if batch is None:
+        return
+    num_nodes = batch.numel()
     if num_nodes and int(batch.min()) < 0:
         raise ValueError(f"{op}: batch contains negative graph indices")
     if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(f"{op}: batch must be sorted (nodes of each graph contiguous, graphs in "
                          f"ascending order)")
+
+
+def all_hold(*conditions: Tensor) -> bool:
+    """Whether every 0-dim boolean device-side condition holds, in ONE device-to-host read (the value
+    checks of an op are reduced to this; only a failing input pays for the detailed checks)."""
+    if not conditions:
+        return True
+    return bool(torch.stack([c.reshape(()) for c in conditions]).all())
+
+
+def not_capturing(op: str, t: Tensor, what: str = "checking the input values") -> None:
+    """A clear error instead of CUDA's when an op must read the device inside a CUDA-graph capture."""
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            f"{op}: {what} reads from the GPU, which CUDA-graph capture does not allow; pass "
+            f"check_values=False for inputs known to be valid (pamnet_fast.nn.graphs.build_graphs "
+            f"builds such graphs), and build graphs outside the captured region")
+
+
+def sorted_nondecreasing(t: Tensor) -> Tensor:
+    """0-dim boolean: ``t`` (1-D) never decreases."""
+    if t.numel() < 2:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    return (t[1:] >= t[:-1]).all()
 
 
 def nonempty_pointer(op: str, name: str, ptr) -> None:

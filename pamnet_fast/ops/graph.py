@@ -35,7 +35,8 @@ def _finish(pos: Tensor, edge_index: Tensor, ptr: Tensor, return_ptr: bool, retu
 
 def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop: bool = False,
                  max_num_neighbors: Optional[int] = None, truncate: bool = False,
-                 return_ptr: bool = False, return_dist: bool = False, _kernel=None):
+                 return_ptr: bool = False, return_dist: bool = False, check_values: bool = True,
+                 _kernel=None):
     r"""All pairs within distance ``r``: edges :math:`j \to i` with :math:`\|p_i - p_j\| \le r`.
 
     Exact: the same edge set as brute force, with the distance evaluated in the dtype of ``pos``
@@ -52,6 +53,8 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop:
             are never dropped silently.
         return_ptr: also return ``ptr [N + 1]``, the CSR pointer over targets.
         return_dist: also return the ``[E]`` edge lengths (differentiable w.r.t. ``pos``).
+        check_values: check that ``pos`` is finite and ``batch`` sorted and non-negative (one device
+            read more on a GPU); ``False`` when the caller has checked them.
 
     Returns:
         ``edge_index [2, E]`` int64 (row 0 source j, row 1 target i), sorted by target then source;
@@ -67,7 +70,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor] = None, *, loop:
     if isinstance(r, Tensor):
         r = float(r)
     kernel = _kernel or _ops().radius_graph
-    edge_index, ptr = kernel(pos, r, batch, loop, max_num_neighbors, truncate)
+    edge_index, ptr = kernel(pos, r, batch, loop, max_num_neighbors, truncate, bool(check_values))
     return _finish(pos, edge_index, ptr, return_ptr, return_dist)
 
 

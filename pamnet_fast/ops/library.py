@@ -27,24 +27,26 @@ NAMESPACE = "pamnet_fast"
 # The op schemas; csrc/register.cpp defines the same strings (a test checks they agree).
 SCHEMAS: Dict[str, str] = {
     "radius_graph": "radius_graph(Tensor pos, float r, Tensor? batch, bool loop, "
-                    "int max_num_neighbors, bool truncate) -> (Tensor, Tensor)",
+                    "int max_num_neighbors, bool truncate, bool check_values=True) -> (Tensor, Tensor)",
     "knn_graph": "knn_graph(Tensor pos, int k, Tensor? batch, float? r, bool loop) -> (Tensor, Tensor)",
-    "triplets": "triplets(Tensor edge_index, int num_nodes, bool include_self_pairs) "
+    "triplets": "triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True) "
                 "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "segment_gather_mul": "segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr) -> Tensor",
+    "segment_gather_mul": "segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, "
+                          "bool check_values=True) -> Tensor",
     "segment_gather_mul_backward": "segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, "
                                    "Tensor b, Tensor ptr, bool need_a, bool need_b) -> (Tensor, Tensor)",
     "fused_edge_message": "fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, "
-                          "Tensor src, Tensor? edge_row=None) -> Tensor",
+                          "Tensor src, Tensor? edge_row=None, bool check_values=True) -> Tensor",
     "fused_edge_message_backward": "fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, "
                                    "Tensor r, Tensor s, Tensor ptr, Tensor src, Tensor? edge_row, "
                                    "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
-    "bessel_basis": "bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent) -> Tensor",
+    "bessel_basis": "bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
+                    "bool check_values=True) -> Tensor",
     "bessel_basis_backward": "bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, "
                              "float cutoff, int envelope_exponent, bool need_dist, bool need_freq) "
                              "-> (Tensor, Tensor)",
     "spherical_basis": "spherical_basis(Tensor dist, Tensor angle, Tensor zeros, float cutoff, "
-                       "int envelope_exponent) -> Tensor",
+                       "int envelope_exponent, bool check_values=True) -> Tensor",
     "spherical_basis_backward": "spherical_basis_backward(Tensor grad_out, Tensor dist, Tensor angle, "
                                 "Tensor zeros, float cutoff, int envelope_exponent, bool need_dist, "
                                 "bool need_angle) -> (Tensor, Tensor)",
@@ -87,8 +89,8 @@ def _grad_of(fn, inputs, grad_out, needs):
     return result
 
 
-def _ref_radius_graph(pos, r, batch, loop, max_num_neighbors, truncate):
-    validate.radius_graph(pos, r, batch, max_num_neighbors)
+def _ref_radius_graph(pos, r, batch, loop, max_num_neighbors, truncate, check_values=True):
+    validate.radius_graph(pos, r, batch, max_num_neighbors, values=check_values)
     return reference.radius_graph(pos, r, None if batch is None else batch.long(), loop,
                                   max_num_neighbors, truncate)
 
@@ -98,13 +100,13 @@ def _ref_knn_graph(pos, k, batch, r, loop):
     return reference.knn_graph(pos, k, None if batch is None else batch.long(), r, loop)
 
 
-def _ref_triplets(edge_index, num_nodes, include_self_pairs):
-    validate.triplets(edge_index, num_nodes)
+def _ref_triplets(edge_index, num_nodes, include_self_pairs, check_values=True):
+    validate.triplets(edge_index, num_nodes, values=check_values)
     return reference.triplets(edge_index, num_nodes, include_self_pairs)
 
 
-def _ref_segment_gather_mul(a, src, b, ptr):
-    validate.segment_gather_mul(a, src, b, ptr)
+def _ref_segment_gather_mul(a, src, b, ptr, check_values=True):
+    validate.segment_gather_mul(a, src, b, ptr, values=check_values)
     return reference.segment_gather_mul(a, src.long(), b, ptr.long())
 
 
@@ -114,8 +116,8 @@ def _ref_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
     return ga, gb
 
 
-def _ref_fused_edge_message(p, q, r, s, ptr, src, edge_row=None):
-    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row)
+def _ref_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True):
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, values=check_values)
     return reference.fused_edge_message(p, q, r, s, ptr.long(), src.long(), edge_row)
 
 
@@ -126,8 +128,8 @@ def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, o
     return tuple(grads)
 
 
-def _ref_bessel_basis(dist, freq, cutoff, envelope_exponent):
-    validate.bessel_basis(dist, freq, cutoff, envelope_exponent)
+def _ref_bessel_basis(dist, freq, cutoff, envelope_exponent, check_values=True):
+    validate.bessel_basis(dist, freq, cutoff, envelope_exponent, values=check_values)
     return reference.bessel_basis(dist, freq, cutoff, envelope_exponent)
 
 
@@ -136,8 +138,8 @@ def _ref_bessel_basis_backward(grad_out, dist, freq, cutoff, envelope_exponent, 
                           (dist, freq), grad_out, (need_dist, need_freq)))
 
 
-def _ref_spherical_basis(dist, angle, zeros, cutoff, envelope_exponent):
-    validate.spherical_basis(dist, angle, zeros, cutoff, envelope_exponent)
+def _ref_spherical_basis(dist, angle, zeros, cutoff, envelope_exponent, check_values=True):
+    validate.spherical_basis(dist, angle, zeros, cutoff, envelope_exponent, values=check_values)
     return reference.spherical_basis(dist, angle, zeros, cutoff, envelope_exponent)
 
 
@@ -170,7 +172,7 @@ def _fake_graph(pos, *args):
             pos.new_empty((pos.size(0) + 1,), dtype=torch.long))
 
 
-def _fake_triplets(edge_index, num_nodes, include_self_pairs):
+def _fake_triplets(edge_index, num_nodes, include_self_pairs, check_values=True):
     ctx = torch.library.get_ctx()
     t2, t1 = ctx.new_dynamic_size(), ctx.new_dynamic_size()
     e = edge_index.size(1)
@@ -179,7 +181,7 @@ def _fake_triplets(edge_index, num_nodes, include_self_pairs):
             new((t1,), dtype=torch.long), new((t1,), dtype=torch.long), new((e + 1,), dtype=torch.long))
 
 
-def _fake_segment_gather_mul(a, src, b, ptr):
+def _fake_segment_gather_mul(a, src, b, ptr, check_values=True):
     return a.new_empty((ptr.size(0) - 1, a.size(1)))
 
 
@@ -188,7 +190,7 @@ def _fake_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
             torch.empty_like(b) if need_b else b.new_empty(0))
 
 
-def _fake_fused_edge_message(p, q, r, s, ptr, src, edge_row=None):
+def _fake_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True):
     return p.new_empty((ptr.size(0) - 1, p.size(1)))
 
 
@@ -196,7 +198,7 @@ def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, 
     return tuple(torch.empty_like(t) if m else t.new_empty(0) for t, m in zip((p, q, r, s), output_mask))
 
 
-def _fake_bessel_basis(dist, freq, cutoff, envelope_exponent):
+def _fake_bessel_basis(dist, freq, cutoff, envelope_exponent, check_values=True):
     return dist.new_empty((dist.size(0), freq.size(0)))
 
 
@@ -205,7 +207,7 @@ def _fake_bessel_basis_backward(grad_out, dist, freq, cutoff, envelope_exponent,
             torch.empty_like(freq) if need_freq else freq.new_empty(0))
 
 
-def _fake_spherical_basis(dist, angle, zeros, cutoff, envelope_exponent):
+def _fake_spherical_basis(dist, angle, zeros, cutoff, envelope_exponent, check_values=True):
     return dist.new_empty((dist.size(0), zeros.size(0) * zeros.size(1)))
 
 
@@ -242,24 +244,24 @@ def _save_inputs(ctx, inputs, output):
 
 def _segment_gather_mul_bwd(ctx, grad):
     a, src, b, ptr = ctx.saved_tensors
-    need_a, _, need_b, _ = ctx.needs_input_grad
+    need_a, _, need_b = ctx.needs_input_grad[:3]
     ga, gb = _ops().segment_gather_mul_backward(grad.contiguous(), a, src, b, ptr, need_a, need_b)
-    return (ga if need_a else None), None, (gb if need_b else None), None
+    return (ga if need_a else None), None, (gb if need_b else None), None, None
 
 
 def _fused_edge_message_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)  # p, q, r, s, ptr, src, edge_row (None allowed)
+    ctx.save_for_backward(*inputs[:7])  # p, q, r, s, ptr, src, edge_row (None allowed)
 
 
 def _fused_edge_message_bwd(ctx, grad):
     p, q, r, s, ptr, src, edge_row = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
     grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None, None)
 
 
 def _bessel_basis_setup(ctx, inputs, output):
-    dist, freq, cutoff, envelope_exponent = inputs
+    dist, freq, cutoff, envelope_exponent = inputs[:4]
     ctx.save_for_backward(dist, freq)
     ctx.cutoff, ctx.envelope_exponent = cutoff, envelope_exponent
 
@@ -269,11 +271,11 @@ def _bessel_basis_bwd(ctx, grad):
     need_dist, need_freq = ctx.needs_input_grad[:2]
     gd, gf = _ops().bessel_basis_backward(grad.contiguous(), dist, freq, ctx.cutoff,
                                           ctx.envelope_exponent, need_dist, need_freq)
-    return (gd if need_dist else None), (gf if need_freq else None), None, None
+    return (gd if need_dist else None), (gf if need_freq else None), None, None, None
 
 
 def _spherical_basis_setup(ctx, inputs, output):
-    dist, angle, zeros, cutoff, envelope_exponent = inputs
+    dist, angle, zeros, cutoff, envelope_exponent = inputs[:5]
     ctx.save_for_backward(dist, angle, zeros)
     ctx.cutoff, ctx.envelope_exponent = cutoff, envelope_exponent
 
@@ -283,7 +285,7 @@ def _spherical_basis_bwd(ctx, grad):
     need_dist, need_angle = ctx.needs_input_grad[:2]
     gd, ga = _ops().spherical_basis_backward(grad.contiguous(), dist, angle, zeros, ctx.cutoff,
                                              ctx.envelope_exponent, need_dist, need_angle)
-    return (gd if need_dist else None), (ga if need_angle else None), None, None, None
+    return (gd if need_dist else None), (ga if need_angle else None), None, None, None, None
 
 
 AUTOGRAD = {

@@ -18,7 +18,8 @@ def _half_ok(t: Tensor, kernel) -> bool:
     return t.is_cuda or kernel is not None
 
 
-def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kernel=None) -> Tensor:
+def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, check_values: bool = True,
+                       _kernel=None) -> Tensor:
     r"""Segment sum of gathered products, without materializing ``a[src]``:
 
     .. math:: \mathrm{out}_r = \sum_{s = \mathrm{ptr}_r}^{\mathrm{ptr}_{r+1} - 1} a_{\mathrm{src}_s} \odot b_s
@@ -28,6 +29,10 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kerne
         src: ``[S]`` row of ``a`` for each entry (int32/int64).
         b: ``[S, F]`` per-entry factor (edge or triplet terms).
         ptr: ``[R + 1]`` CSR pointer of the segments (int32/int64).
+        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` in range), which reads them from the device once
+            (a synchronization on a GPU). ``False`` for inputs valid by construction (the graphs of
+            :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
+            graph; invalid inputs then give undefined results.
 
     Returns ``[R, F]``. Differentiable in ``a`` and ``b``; the gradient w.r.t. ``a`` uses a transposed
     CSR (a stable counting sort of ``src``), so it is deterministic. float32/float64 everywhere;
@@ -37,11 +42,13 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, _kerne
     checks.floating(op, "a", a, dim=2, half_ok=_half_ok(a, _kernel))
     checks.floating(op, "b", b, dim=2, half_ok=_half_ok(b, _kernel))
     kernel = _kernel or _ops().segment_gather_mul
-    return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr))
+    return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr),
+                  bool(check_values))
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
-                       edge_row: Optional[Tensor] = None, *, _kernel=None) -> Tensor:
+                       edge_row: Optional[Tensor] = None, *, check_values: bool = True,
+                       _kernel=None) -> Tensor:
     r"""Gated edge messages summed per target, fused:
 
     .. math:: \mathrm{out}_i = \sum_{e \in [\mathrm{ptr}_i, \mathrm{ptr}_{i+1})}
@@ -59,6 +66,10 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         p: ``[N, F]`` target term; q: ``[M, F]`` source term; r, s: ``[R, F]`` edge terms (``R = E``
         without ``edge_row``); ptr: ``[N + 1]`` CSR pointer over targets; src: ``[E]`` source of each
         edge; edge_row: optional ``[E]`` row of ``r``/``s`` used by each edge.
+        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` and ``edge_row`` in range), which reads them from the device once
+            (a synchronization on a GPU). ``False`` for inputs valid by construction (the graphs of
+            :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
+            graph; invalid inputs then give undefined results.
 
     float32/float64 everywhere; float16/bfloat16 on CUDA (Triton; sums in float32, output and
     gradients in the input dtype). Deterministic: the same bits on every run.
@@ -69,4 +80,4 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     kernel = _kernel or _ops().fused_edge_message
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
-                  _index(op, "src", src), row)
+                  _index(op, "src", src), row, bool(check_values))

@@ -24,7 +24,7 @@ class Triplets(NamedTuple):
 
 
 def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = False,
-             _kernel=None) -> Triplets:
+             check_values: bool = True, _kernel=None) -> Triplets:
     r"""Enumerate the angle triplets of a target-sorted edge list.
 
     two-hop: every pair of edges :math:`(k \to j, j \to i)` with :math:`k \ne i` (DimeNet's triplets);
@@ -36,10 +36,13 @@ def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = F
         edge_index: ``[2, E]`` int32/int64, sorted by target (``edge_index[1]`` non-decreasing), e.g.
             the output of :func:`radius_graph`.
         num_nodes: number of nodes N.
+        check_values: check that the indices are in range and sorted by target (one device read
+            more on a GPU); ``False`` for edge lists built valid (radius graphs, checked bonds).
     """
     checks.index("triplets", "edge_index", edge_index, dim=2)
     kernel = _kernel or _ops().triplets
-    return Triplets(*kernel(edge_index.long().contiguous(), num_nodes, include_self_pairs))
+    return Triplets(*kernel(edge_index.long().contiguous(), num_nodes, include_self_pairs,
+                            bool(check_values)))
 
 
 def triplet_angles(pos: Tensor, edge_index: Tensor, trip: Triplets, *, supplement: bool = False

@@ -1,39 +1,72 @@
 """Per-op argument validation for the Python-side implementations (reference fallback and Triton).
 
-Mirrors csrc/ops.cpp: same checks, same messages. Called with the op's schema arguments.
+Mirrors csrc/ops.cpp: same checks, same messages. Called with the op's schema arguments. The checks
+of values (``values=True``, the ops' ``check_values``) are reduced on the device and read from it
+ONCE per call; ``check_values=False`` (inputs valid by construction) reads nothing.
 """
 from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from . import checks
 
 
-def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbors: int) -> None:
+def _position_values(op: str, pos: Tensor, batch: Optional[Tensor]) -> None:
+    """Finite ``pos``, sorted non-negative ``batch``: one device read; detailed checks on failure."""
+    conditions = [torch.isfinite(pos).all()] if pos.numel() else []
+    if batch is not None and batch.numel():
+        conditions += [batch.min() >= 0, checks.sorted_nondecreasing(batch)]
+    if not checks.all_hold(*conditions):
+        checks.finite(op, "pos", pos)
+        checks.batch_values(op, batch)
+        raise AssertionError(f"{op}: the combined check failed but no detailed check did")
+
+
+def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbors: int, *,
+                 values: bool = True) -> None:
+    """``values=False`` leaves out the checks of values (finite ``pos``, sorted ``batch``)."""
     op = "radius_graph"
-    checks.positions(op, pos)
+    checks.floating(op, "pos", pos, dim=2)
+    if pos.size(1) != 3:
+        raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
     checks.positive(op, "r", r)
-    checks.batch_vector(op, batch, pos.size(0))
+    checks.batch_vector(op, batch, pos.size(0), values=False)
     checks.same_device(op, pos=pos, batch=batch)
+    if values:
+        checks.not_capturing(op, pos)
+        _position_values(op, pos, batch)
 
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float]) -> None:
     op = "knn_graph"
-    checks.positions(op, pos)
+    checks.floating(op, "pos", pos, dim=2)
+    if pos.size(1) != 3:
+        raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
     checks.positive(op, "k", k, integer=True)
     if r is not None:
         checks.positive(op, "r", r)
-    checks.batch_vector(op, batch, pos.size(0))
+    checks.batch_vector(op, batch, pos.size(0), values=False)
     checks.same_device(op, pos=pos, batch=batch)
+    checks.not_capturing(op, pos)
+    _position_values(op, pos, batch)
 
 
-def triplets(edge_index: Tensor, num_nodes: int) -> None:
+def triplets(edge_index: Tensor, num_nodes: int, *, values: bool = True) -> None:
+    """``values=False`` leaves out the checks of values (indices in range, sorted by target)."""
     op = "triplets"
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
         raise ValueError(f"{op}: num_nodes must be a non-negative int, got {num_nodes!r}")
-    checks.target_sorted_edges(op, edge_index, num_nodes)
+    checks.index(op, "edge_index", edge_index, dim=2)
+    if edge_index.size(0) != 2:
+        raise ValueError(f"{op}: edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+    if values and edge_index.numel():
+        checks.not_capturing(op, edge_index)
+        lo, hi = torch.aminmax(edge_index)
+        if not checks.all_hold(lo >= 0, hi < num_nodes, checks.sorted_nondecreasing(edge_index[1])):
+            checks.target_sorted_edges(op, edge_index, num_nodes)
 
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_ok: bool = False,
@@ -50,6 +83,7 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_o
     checks.features_match(op, a=a, b=b)
     checks.rows_match(op, "src", src, b.size(0), "the number of rows of b")
     if values:
+        checks.not_capturing(op, ptr)
         checks.csr_and_indices(op, "ptr", ptr, b.size(0), ("src", src, a.size(0)))
 
 
@@ -76,10 +110,26 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     checks.rows_match(op, "src", src, E, edges)
     checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
     if values:
+        checks.not_capturing(op, ptr)
         checks.csr_and_indices(op, "ptr", ptr, E, *ranges)
 
 
-def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int) -> None:
+def _distance_values(op: str, dist: Tensor, angle: Optional[Tensor] = None) -> None:
+    """Finite non-negative ``dist`` (and finite ``angle``): one device read; detailed on failure."""
+    checks.not_capturing(op, dist)
+    conditions = [torch.isfinite(dist).all(), dist.min() >= 0] if dist.numel() else []
+    if angle is not None and angle.numel():
+        conditions.append(torch.isfinite(angle).all())
+    if not checks.all_hold(*conditions):
+        checks.finite(op, "dist", dist)
+        if angle is not None:
+            checks.finite(op, "angle", angle)
+        raise ValueError(f"{op}: dist contains negative distances")
+
+
+def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int, *,
+                 values: bool = True) -> None:
+    """``values=False`` leaves out the checks of values (finite, non-negative distances)."""
     op = "bessel_basis"
     checks.floating(op, "dist", dist, dim=1)
     checks.floating(op, "freq", freq, dim=1)
@@ -87,13 +137,13 @@ def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: i
     checks.same_device(op, dist=dist, freq=freq)
     checks.positive(op, "cutoff", cutoff)
     checks.positive(op, "envelope_exponent", envelope_exponent, integer=True)
-    checks.finite(op, "dist", dist)
-    if dist.numel() and float(dist.min()) < 0:
-        raise ValueError(f"{op}: dist contains negative distances")
+    if values:
+        _distance_values(op, dist)
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, zeros: Tensor, cutoff: float,
-                    envelope_exponent: int) -> None:
+                    envelope_exponent: int, *, values: bool = True) -> None:
+    """``values=False``: as :func:`bessel_basis` (and finite angles)."""
     op = "spherical_basis"
     checks.floating(op, "dist", dist, dim=1)
     checks.floating(op, "angle", angle, dim=1)
@@ -103,7 +153,5 @@ def spherical_basis(dist: Tensor, angle: Tensor, zeros: Tensor, cutoff: float,
     checks.rows_match(op, "angle", angle, dist.size(0), "the length of dist")
     checks.positive(op, "cutoff", cutoff)
     checks.positive(op, "envelope_exponent", envelope_exponent, integer=True)
-    checks.finite(op, "dist", dist)
-    checks.finite(op, "angle", angle)
-    if dist.numel() and float(dist.min()) < 0:
-        raise ValueError(f"{op}: dist contains negative distances")
+    if values:
+        _distance_values(op, dist, angle)

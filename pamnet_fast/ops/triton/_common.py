@@ -202,6 +202,7 @@ def check_csr(op: str, ptr_name: str, ptr: torch.Tensor, nnz: int, *indices) -> 
     vectors ``(name, idx, upper)``: one check kernel and one device-to-host read of its flag, instead
     of a dozen small torch kernels; only a bad input runs the detailed checks that name the problem."""
     from .. import checks
+    checks.not_capturing(op, ptr)
     if ptr.numel() == 0:
         raise ValueError(f"{op}: {ptr_name} must have at least one entry (ptr[0] = 0)")
     (_, a, upper_a), (_, b, upper_b) = (list(indices) + [("", ptr[:0], 0)] * 2)[:2]

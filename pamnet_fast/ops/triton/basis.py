@@ -234,9 +234,11 @@ def _bessel(dist, freq, cutoff, p, grad_out=None, need_dist=False, need_freq=Fal
     return gd, gf
 
 
-def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int) -> Tensor:
-    """Schema kernel of ``pamnet_fast::bessel_basis``: ``[E, num_radial]``."""
-    validate.bessel_basis(dist, freq, cutoff, envelope_exponent)
+def bessel_basis(dist: Tensor, freq: Tensor, cutoff: float, envelope_exponent: int,
+                 check_values: bool = True) -> Tensor:
+    """Schema kernel of ``pamnet_fast::bessel_basis``: ``[E, num_radial]`` (one host read for the
+    value checks; none with ``check_values=False``)."""
+    validate.bessel_basis(dist, freq, cutoff, envelope_exponent, values=check_values)
     return _bessel(dist, freq, cutoff, envelope_exponent)
 
 
@@ -321,9 +323,10 @@ def _spherical(dist, angle, zeros, cutoff, p, grad_out=None, need_dist=False, ne
 
 
 def spherical_basis(dist: Tensor, angle: Tensor, zeros: Tensor, cutoff: float,
-                    envelope_exponent: int) -> Tensor:
-    """Schema kernel of ``pamnet_fast::spherical_basis``: ``[T, L * N]``."""
-    validate.spherical_basis(dist, angle, zeros, cutoff, envelope_exponent)
+                    envelope_exponent: int, check_values: bool = True) -> Tensor:
+    """Schema kernel of ``pamnet_fast::spherical_basis``: ``[T, L * N]`` (host reads: as
+    :func:`bessel_basis`)."""
+    validate.spherical_basis(dist, angle, zeros, cutoff, envelope_exponent, values=check_values)
     return _spherical(dist, angle, zeros, cutoff, envelope_exponent)
 
 

@@ -180,8 +180,9 @@ _bwd_transposed = segment_kernel(_bwd_transposed_kernel)
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
-                       edge_row: Optional[Tensor] = None) -> Tensor:
-    """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``."""
+                       edge_row: Optional[Tensor] = None, check_values: bool = True) -> Tensor:
+    """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``. One kernel; with
+    ``check_values`` one more and one host read (the check of ``ptr``, ``src``, ``edge_row``)."""
     validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True, values=False)
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
     ptr, src = as_index(ptr), as_index(src)
@@ -189,7 +190,8 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     if edge_row is not None:
         edge_row = as_index(edge_row)
         ranges.append(("edge_row", edge_row, r.size(0)))
-    check_csr("fused_edge_message", "ptr", ptr, src.numel(), *ranges)
+    if check_values:
+        check_csr("fused_edge_message", "ptr", ptr, src.numel(), *ranges)
     num_rows, num_features = ptr.numel() - 1, p.size(1)
     out = p.new_empty(num_rows, num_features)  # every row is written (no edges: zeros)
     if num_rows and num_features:

@@ -64,7 +64,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import validate
+from .. import checks, validate
 from ._common import scalars
 
 BLOCK_T = 16     # targets per COUNT program (consecutive slots: neighbors in space)
@@ -294,9 +294,11 @@ def _empty(pos: Tensor):
 
 
 def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], loop: bool, max_num_neighbors: int,
-                 truncate: bool):
-    """Schema kernel of ``pamnet_fast::radius_graph``: ``(edge_index [2, E], ptr [N + 1])``."""
-    validate.radius_graph(pos, r, batch, max_num_neighbors)
+                 truncate: bool, check_values: bool = True):
+    """Schema kernel of ``pamnet_fast::radius_graph``: ``(edge_index [2, E], ptr [N + 1])``. One host
+    read (the edge total), and one more for the value checks with ``check_values``."""
+    validate.radius_graph(pos, r, batch, max_num_neighbors, values=check_values)
+    checks.not_capturing("radius_graph", pos, "sizing the edge list")
     n = pos.size(0)
     if n == 0:
         return _empty(pos)
@@ -330,6 +332,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], loop: bool, max
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], loop: bool):
     """Schema kernel of ``pamnet_fast::knn_graph``: the k nearest (ties by index) within ``r``."""
     validate.knn_graph(pos, k, batch, r)
+    checks.not_capturing("knn_graph", pos, "sizing the edge list")
     n = pos.size(0)
     if n == 0:
         return _empty(pos)

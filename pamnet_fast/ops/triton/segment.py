@@ -101,11 +101,14 @@ def gather_mul_sum(x, ix, y: Tensor, iy, seg: Tensor, num_rows: int) -> Tensor:
     return out
 
 
-def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor:
-    """Schema kernel of ``pamnet_fast::segment_gather_mul``: ``[R, F]``."""
+def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor,
+                       check_values: bool = True) -> Tensor:
+    """Schema kernel of ``pamnet_fast::segment_gather_mul``: ``[R, F]``. One kernel; with
+    ``check_values`` one more and one host read (the check of ``ptr`` and ``src``)."""
     validate.segment_gather_mul(a, src, b, ptr, half_ok=True, values=False)
     src, ptr = as_index(src), as_index(ptr)
-    check_csr("segment_gather_mul", "ptr", ptr, b.size(0), ("src", src, a.size(0)))
+    if check_values:
+        check_csr("segment_gather_mul", "ptr", ptr, b.size(0), ("src", src, a.size(0)))
     return gather_mul_sum(a.contiguous(), src, b.contiguous(), None, ptr, ptr.numel() - 1)
 
 

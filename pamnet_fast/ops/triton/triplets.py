@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import validate
+from .. import checks, validate
 from ._common import LAUNCH
 
 BLOCK_E = 32
@@ -67,13 +67,13 @@ def _triplet_kernel(src_ptr, dst_ptr, node_ptr_ptr, count_ptr, offset_ptr, out_o
         tl.store(count_ptr + e, count, mask=emask)
 
 
-def _launch(src, dst, node_ptr, counts, two_hop: bool, keep_self: bool):
-    """FILL when ``counts`` is given (returns the two index lists), else COUNT (returns counts)."""
+def _launch(src, dst, node_ptr, counts, two_hop: bool, keep_self: bool, total: int = 0):
+    """FILL when ``counts`` (summing to ``total``) is given (returns the two index lists), else COUNT
+    (returns counts)."""
     dev, num_edges = src.device, src.numel()
     fill = counts is not None
     if fill:
         offsets = torch.cumsum(counts, 0) - counts
-        total = int(counts.sum()) if num_edges else 0
         other = torch.empty(total, dtype=torch.int64, device=dev)
         recv = torch.empty(total, dtype=torch.int64, device=dev)
         if total == 0:
@@ -97,18 +97,23 @@ def _pointer(counts: Tensor) -> Tensor:
     return ptr
 
 
-def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool):
+def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool,
+             check_values: bool = True):
     """Schema kernel of ``pamnet_fast::triplets``: ``(two_hop_kj, two_hop_ji, two_hop_ptr,
-    one_hop_j2i, one_hop_ji, one_hop_ptr)``, all int64."""
-    validate.triplets(edge_index, num_nodes)
+    one_hop_j2i, one_hop_ji, one_hop_ptr)``, all int64. One host read (both list sizes), and one
+    more for the value checks with ``check_values``."""
+    validate.triplets(edge_index, num_nodes, values=check_values)
+    checks.not_capturing("triplets", edge_index, "sizing the triplet lists")
     src = edge_index[0].to(torch.int64).contiguous()
     dst = edge_index[1].to(torch.int64).contiguous()
-    node_ptr = _pointer(torch.bincount(dst, minlength=num_nodes))
+    # CSR of the sorted targets by binary search: bincount would read its size from the device
+    node_ptr = torch.searchsorted(dst, torch.arange(num_nodes + 1, device=dst.device))
     deg = node_ptr[1:] - node_ptr[:-1]
 
     two_counts = _launch(src, dst, node_ptr, None, True, False)
-    kj, ji = _launch(src, dst, node_ptr, two_counts, True, False)
-
     one_counts = deg[dst] - (0 if include_self_pairs else 1)
-    j2i, ji1 = _launch(src, dst, node_ptr, one_counts, False, bool(include_self_pairs))
-    return kj, ji, _pointer(two_counts), j2i, ji1, _pointer(one_counts)
+    two_ptr, one_ptr = _pointer(two_counts), _pointer(one_counts)
+    two_total, one_total = torch.stack([two_ptr[-1], one_ptr[-1]]).tolist()  # the one host read
+    kj, ji = _launch(src, dst, node_ptr, two_counts, True, False, two_total)
+    j2i, ji1 = _launch(src, dst, node_ptr, one_counts, False, bool(include_self_pairs), one_total)
+    return kj, ji, two_ptr, j2i, ji1, one_ptr
