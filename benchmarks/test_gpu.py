@@ -27,7 +27,9 @@ Cases (groups of the results file; ``impl`` ``ours`` against the baselines of th
   (7 x 6, T = 1e5, 1e6) against the reference twins, eager and compiled;
 * models (issue 12): PAMNet, PAMNet-s, DimeNet++ and SchNet (stock PyG on our ops via
   ``pamnet_fast.pyg.accelerate()``) on real QM9 batches of 32, 128 and 1,024 molecules, inference and
-  train step.
+  train step (fused Adam for every model); then PAMNet with its forward recorded in a CUDA graph
+  (``pamnet_fast.nn.capture_forward``, inference) and compiled (``pamnet_fast.nn.compile_model``,
+  batches of 128 and 1,024), graph building eager and timed with them.
 
 Every case records in ``extra_info``: ``cuda_peak_extra_mb`` (memory peak of one call above what was
 allocated before it), ``cuda_kernels`` and ``memcpy_dtoh`` / ``host_syncs`` per call (torch.profiler;
@@ -512,3 +514,40 @@ def test_models(benchmark, model_name, batch_size, mode):
                                 **_data.batch_stats(batch))
     _measure(benchmark, case.run, case.reset, rounds=10)
 
+
+
+# PAMNet's forward given its graphs compiled (torch.compile, one graph, dynamic shapes) and recorded
+# in a CUDA graph (one launch per forward; graph building stays eager and is timed with it). Last in
+# the file: the compilation takes a while, and the budget skips what would start too late.
+GRAPH_MODES = ["PAMNet (CUDA graph)", "PAMNet (compiled)"]
+
+
+def _graph_mode_params():
+    sizes = _model_batch_sizes()
+    return ([pytest.param("PAMNet (CUDA graph)", bs, "inference", id=f"inference-bs{bs}-cudagraph")
+             for bs in sizes] +
+            [pytest.param("PAMNet (compiled)", bs, mode, id=f"{mode}-bs{bs}-compiled")
+             for mode in ("inference", "train") for bs in sizes if bs >= 128 or _data.quick()])
+
+
+@pytest.mark.parametrize("model_name,batch_size,mode", _graph_mode_params())
+def test_models_graph_modes(benchmark, model_name, batch_size, mode):
+    import test_models as cpu_models
+    from pamnet_fast.nn import capture_forward, compile_model
+    if SMOKE:
+        pytest.skip("CUDA graphs and torch.compile of the model: GPU only")
+    _require_triton("fused_edge_message")
+    batch = _qm9(batch_size).to(DEV)
+    model, _ = cpu_models.make_model("PAMNet")
+    model.to(DEV)
+    if model_name == "PAMNet (CUDA graph)":
+        model.eval()
+        forward = capture_forward(model, batch)
+    else:
+        forward = compile_model(model)
+    case = cpu_models._case(model, forward, batch, mode)
+    benchmark.group = f"QM9 batch {batch_size}: {'inference' if mode == 'inference' else 'train step'}"
+    benchmark.extra_info.update(model=model_name, impl=model_name, batch_size=batch_size, mode=mode,
+                                baseline=False, parameters=sum(p.numel() for p in model.parameters()),
+                                **_data.batch_stats(batch))
+    _measure(benchmark, case.run, case.reset, rounds=10)

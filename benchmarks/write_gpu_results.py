@@ -119,6 +119,43 @@ def targets(groups):
     return lines
 
 
+# Issue 12's goals per PAMNet variant: time (inference / train step) and memory against DimeNet++ in
+# the same group, CUDA kernels per inference at batch 128.
+MODEL_TIME_GOALS = {"inference": 0.5, "train step": 0.7}
+MEMORY_GOAL = 0.15
+KERNEL_GOAL = 600
+
+
+def model_targets(groups):
+    lines = ["## Issue 12 targets (PAMNet vs DimeNet++, same group)", "",
+             "| target | measured | met |", "|---|---|---|"]
+    for g, rows in groups.items():
+        if not g.startswith("QM9 batch"):
+            continue
+        by = {r["extra_info"].get("model"): r for r in rows}
+        dimenet = by.get("DimeNet++")
+        kind = g.split(": ", 1)[1]
+        goal = MODEL_TIME_GOALS.get(kind)
+        for name, r in by.items():
+            if not name or not name.startswith("PAMNet"):
+                continue
+            e = r["extra_info"]
+            if dimenet is not None and goal is not None:
+                ratio = r["stats"]["median"] / dimenet["stats"]["median"]
+                lines.append(f"| {g}, {name}: time ≤ {goal}× DimeNet++ | {ratio:.3g}× | "
+                             f"{'yes' if ratio <= goal else 'no'} |")
+                mem, mem_d = e.get("cuda_peak_extra_mb"), dimenet["extra_info"].get("cuda_peak_extra_mb")
+                if mem is not None and mem_d:
+                    m = mem / mem_d
+                    lines.append(f"| {g}, {name}: memory ≤ {MEMORY_GOAL}× DimeNet++ | {m:.3g}× | "
+                                 f"{'yes' if m <= MEMORY_GOAL else 'no'} |")
+            if kind == "inference" and g.startswith("QM9 batch 128") and "cuda_kernels" in e:
+                k = e["cuda_kernels"]
+                lines.append(f"| {g}, {name}: ≤ {KERNEL_GOAL} CUDA kernels | {k} | "
+                             f"{'yes' if k <= KERNEL_GOAL else 'no'} |")
+    return lines if len(lines) > 4 else []
+
+
 def render(rows, meta, skipped, source: Path) -> str:
     groups = OrderedDict()
     for r in rows:
@@ -142,6 +179,9 @@ def render(rows, meta, skipped, source: Path) -> str:
             "`DtoH / syncs`: CUDA kernels, device-to-host copies and host synchronizations in one call "
             "(torch.profiler).", ""]
     out += targets(groups) + [""]
+    model_lines = model_targets(groups)
+    if model_lines:
+        out += model_lines + [""]
     for name, grp in groups.items():
         out += group_table(name, grp) + [""]
     if skipped:

@@ -24,6 +24,12 @@ def test_write_gpu_results(tmp_path):
         _bench("m-compile", "fused_edge_message fwd+bwd E=1e+06 F=128 float32", 1.2e-3, impl="torch.compile",
                edges=10**6, floor_ms=0.4),
         _bench("m-eager", "fused_edge_message fwd+bwd E=1e+06 F=128 float32", 4e-3, impl="eager", edges=10**6),
+        _bench("q-pamnet", "QM9 batch 128: inference", 12e-3, model="PAMNet", impl="PAMNet",
+               cuda_peak_extra_mb=60.0, cuda_kernels=650),
+        _bench("q-graph", "QM9 batch 128: inference", 4e-3, model="PAMNet (CUDA graph)",
+               impl="PAMNet (CUDA graph)", cuda_peak_extra_mb=60.0, cuda_kernels=5),
+        _bench("q-dimenet", "QM9 batch 128: inference", 20e-3, model="DimeNet++", impl="DimeNet++",
+               baseline=True, cuda_peak_extra_mb=600.0),
     ]
     src = tmp_path / "gpu.json"
     src.write_text(json.dumps({"benchmarks": benches, "datetime": "2026-12-01",
@@ -40,6 +46,11 @@ def test_write_gpu_results(tmp_path):
     assert "within 2× of the byte floor | 2.50× floor | no |" in text
     assert "| eager | 4.00 ms | 3.60 ms | 4.00× |" in text
     assert "rel err 1.0e-07" in text and "* `t[a]`: no inputs" in text
+    # issue 12: PAMNet's time and memory against DimeNet++ in the same group, kernels at batch 128
+    assert "| QM9 batch 128: inference, PAMNet: time ≤ 0.5× DimeNet++ | 0.6× | no |" in text
+    assert "| QM9 batch 128: inference, PAMNet (CUDA graph): time ≤ 0.5× DimeNet++ | 0.2× | yes |" in text
+    assert "| QM9 batch 128: inference, PAMNet: memory ≤ 0.15× DimeNet++ | 0.1× | yes |" in text
+    assert "| QM9 batch 128: inference, PAMNet: ≤ 600 CUDA kernels | 650 | no |" in text
     # a partial run: the JSON-lines log gives the same tables
     log = tmp_path / "gpu.jsonl"
     log.write_text("\n".join(json.dumps(b) for b in benches) + "\n")

@@ -7,7 +7,7 @@ from .local_mp import LocalMessagePassing, LocalMessagePassingS
 from .fusion import AttentionFusion, graph_mean, graph_sum, readout, signed_sum
 from .graphs import Graphs, build_graphs, pair_rows, sort_edges
 from .pamnet import PAMNet, PAMNetConfig, PAMNetS, PAMNetState
-from .compiled import CompiledModel, compile_model
+from .compiled import CapturedForward, CompiledModel, capture_forward, compile_model
 from .heads import DipoleHead, ProteinLigandHead, complex_batch, expand_complexes
 from .baselines import DimeNetPlusPlusBaseline, DimeNetPlusPlusConfig, SchNetBaseline, SchNetConfig
 from .compat import (load_reference_checkpoint, load_reference_state_dict, reference_key_map,
@@ -19,6 +19,6 @@ __all__ = [
     "PAMNetConfig", "PAMNet", "PAMNetS", "PAMNetState", "Graphs", "build_graphs", "sort_edges", "pair_rows",
     "DipoleHead", "ProteinLigandHead", "complex_batch", "expand_complexes", "load_reference_checkpoint",
     "load_reference_state_dict", "reference_key_map", "to_reference_state_dict",
-    "compile_model", "CompiledModel",
+    "compile_model", "CompiledModel", "capture_forward", "CapturedForward",
     "SchNetConfig", "SchNetBaseline", "DimeNetPlusPlusConfig", "DimeNetPlusPlusBaseline",
 ]

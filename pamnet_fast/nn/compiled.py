@@ -5,7 +5,8 @@ compiled region; the forward given the graphs (:meth:`~pamnet_fast.nn.PAMNet.for
 host synchronization and no data-dependent Python branch, so it compiles as ONE graph
 (``fullgraph=True``), forward and backward, and with ``dynamic=True`` a batch with other numbers of
 atoms, edges or triplets reuses it instead of recompiling. ``mode="reduce-overhead"`` (CUDA graphs)
-needs the same shapes every call (pad batches to a fixed size)::
+needs the same shapes every call (pad batches to a fixed size); :func:`capture_forward` records the
+eager inference forward in a CUDA graph without compiling::
 
     compiled = compile_model(model)
     for batch in loader:
@@ -63,3 +64,65 @@ def compile_model(model: nn.Module, *, fullgraph: bool = True, dynamic: Optional
     compiled = torch.compile(model.forward_tensors, fullgraph=fullgraph, dynamic=dynamic, mode=mode,
                              **kwargs)
     return CompiledModel(model, compiled)
+
+
+def _tensors(graphs) -> list:
+    """The tensors of a :class:`Graphs` (nested tuples included), in a fixed order."""
+    out = []
+    for item in graphs:
+        if isinstance(item, Tensor):
+            out.append(item)
+        elif isinstance(item, tuple):
+            out.extend(_tensors(item))
+    return out
+
+
+class CapturedForward:
+    """A PAMNet inference forward recorded once in a CUDA graph, replayed for batches of the same
+    shapes (see :func:`capture_forward`)."""
+
+    def __init__(self, model: nn.Module, graph, inputs: list, graphs: Graphs, output: Tensor):
+        self.model, self.graph, self.inputs, self.graphs, self.output = model, graph, inputs, graphs, output
+
+    def __call__(self, data, graphs: Optional[Graphs] = None) -> Tensor:
+        """``model(data, graphs)`` by copying the inputs into the recorded buffers and replaying
+        (``graphs`` built here when not given). Returns the recorded output buffer: the next call
+        overwrites it (``.clone()`` it to keep it)."""
+        if graphs is None:
+            graphs = self.model.build_graphs(data)
+        new = [data.pos, self.model.node_input(data)] + _tensors(graphs)
+        if len(new) != len(self.inputs) or graphs.num_graphs != self.graphs.num_graphs or any(
+                a.shape != b.shape or a.dtype != b.dtype for a, b in zip(new, self.inputs)):
+            raise ValueError("CapturedForward: this batch's shapes (atoms, edges, triplets or graphs) "
+                             "differ from the captured batch's; capture it separately "
+                             "(capture_forward) or use compile_model")
+        for dst, src in zip(self.inputs, new):
+            if dst is not src:
+                dst.copy_(src)
+        self.graph.replay()
+        return self.output
+
+
+def capture_forward(model: nn.Module, data, graphs: Optional[Graphs] = None,
+                    warmup: int = 2) -> CapturedForward:
+    """Record ``model.forward_tensors`` (inference, ``torch.no_grad``) for ``data`` in a CUDA graph:
+    one launch replays all of its kernels, for batches with the same numbers of atoms, edges,
+    triplets and graphs (e.g. a padded, fixed-size batch). Possible because the forward given the
+    graphs never reads the device (the fused ops run with ``check_values=False``). ``warmup`` eager
+    calls on a side stream first (Triton compilation, cached constants)."""
+    if not data.pos.is_cuda:
+        raise ValueError("capture_forward: CUDA graphs need CUDA tensors (data.pos is on "
+                         f"{data.pos.device})")
+    if graphs is None:
+        graphs = model.build_graphs(data)
+    pos, node_input = data.pos.clone(), model.node_input(data).clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(warmup):
+            model.forward_tensors(pos, node_input, graphs)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        output = model.forward_tensors(pos, node_input, graphs)
+    return CapturedForward(model, graph, [pos, node_input] + _tensors(graphs), graphs, output)
