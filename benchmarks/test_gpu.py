@@ -28,8 +28,9 @@ Cases (groups of the results file; ``impl`` ``ours`` against the baselines of th
 * models (issue 12): PAMNet, PAMNet-s, DimeNet++ and SchNet (stock PyG on our ops via
   ``pamnet_fast.pyg.accelerate()``) on real QM9 batches of 32, 128 and 1,024 molecules, inference and
   train step (fused Adam for every model); then PAMNet with its forward recorded in a CUDA graph
-  (``pamnet_fast.nn.capture_forward``, inference) and compiled (``pamnet_fast.nn.compile_model``,
-  batches of 128 and 1,024), graph building eager and timed with them.
+  (``pamnet_fast.nn.capture_forward``, inference), without activation checkpointing (train step)
+  and compiled (``pamnet_fast.nn.compile_model``, batches of 128 and 1,024), graph building eager
+  and timed with them.
 
 Every case records in ``extra_info``: ``cuda_peak_extra_mb`` (memory peak of one call above what was
 allocated before it), ``cuda_kernels`` and ``memcpy_dtoh`` / ``host_syncs`` per call (torch.profiler;
@@ -519,12 +520,14 @@ def test_models(benchmark, model_name, batch_size, mode):
 # PAMNet's forward given its graphs compiled (torch.compile, one graph, dynamic shapes) and recorded
 # in a CUDA graph (one launch per forward; graph building stays eager and is timed with it). Last in
 # the file: the compilation takes a while, and the budget skips what would start too late.
-GRAPH_MODES = ["PAMNet (CUDA graph)", "PAMNet (compiled)"]
+GRAPH_MODES = ["PAMNet (CUDA graph)", "PAMNet (compiled)", "PAMNet (no activation checkpointing)"]
 
 
 def _graph_mode_params():
     sizes = _model_batch_sizes()
     return ([pytest.param("PAMNet (CUDA graph)", bs, "inference", id=f"inference-bs{bs}-cudagraph")
+             for bs in sizes] +
+            [pytest.param("PAMNet (no activation checkpointing)", bs, "train", id=f"train-bs{bs}-keep")
              for bs in sizes] +
             [pytest.param("PAMNet (compiled)", bs, mode, id=f"{mode}-bs{bs}-compiled")
              for mode in ("inference", "train") for bs in sizes if bs >= 128 or _data.quick()])
@@ -538,12 +541,12 @@ def test_models_graph_modes(benchmark, model_name, batch_size, mode):
         pytest.skip("CUDA graphs and torch.compile of the model: GPU only")
     _require_triton("fused_edge_message")
     batch = _qm9(batch_size).to(DEV)
-    model, _ = cpu_models.make_model("PAMNet")
+    wrapped = model_name in ("PAMNet (CUDA graph)", "PAMNet (compiled)")
+    model, forward = cpu_models.make_model("PAMNet" if wrapped else model_name)
     model.to(DEV)
     if model_name == "PAMNet (CUDA graph)":
-        model.eval()
-        forward = capture_forward(model, batch)
-    else:
+        forward = capture_forward(model.eval(), batch)
+    elif model_name == "PAMNet (compiled)":
         forward = compile_model(model)
     case = cpu_models._case(model, forward, batch, mode)
     benchmark.group = f"QM9 batch {batch_size}: {'inference' if mode == 'inference' else 'train step'}"

@@ -25,6 +25,8 @@ MODELS = ["PAMNet", "PAMNet-s", "PAMNet (unfused reference)", "DimeNet++", "SchN
 # PAMNet with every dense layer on aten's F.linear (MKL), the GEMM backend of the PyG models: the part
 # of PAMNet's lead that does not come from oneDNN's faster matmul (pamnet_fast.ops.dense). Largest batch only.
 ATEN_GEMM = "PAMNet (aten GEMM)"
+# PAMNet keeping its node MLPs' activations for backward instead of recomputing them (train step)
+NO_CHECKPOINTING = "PAMNet (no activation checkpointing)"
 MODES = ["inference", "train"]
 BATCH_SIZES_FULL = [128, 32]
 BATCH_SIZES_QUICK = [8]
@@ -76,6 +78,11 @@ def make_model(name: str, kind: str = "qm9"):
             with ops.aten_linear():
                 return model(b)
         return model, forward
+    if name == NO_CHECKPOINTING:
+        from dataclasses import replace
+        PAMNet, _, _ = _pamnet()
+        model = PAMNet(replace(pamnet_config(kind), activation_checkpointing=False))
+        return model, model
     if name in ("PAMNet", "PAMNet-s", "PAMNet (unfused reference)"):
         PAMNet, PAMNetS, _ = _pamnet()
         cfg = pamnet_config(kind)

@@ -266,3 +266,22 @@ def test_checkpoint_recomputes_with_the_forward_dense_backend():
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
+
+
+def test_activation_checkpointing_off_gives_the_same_gradients():
+    """``activation_checkpointing=False`` keeps the node MLPs' activations instead of recomputing
+    them: the same values and gradients (the recomputation is the same forward), fewer ops."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    data = random_batch([5, 7, 4], seed=3)
+    grads, counts = [], []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2, activation_checkpointing=on)).double()
+        assert all(layer.grad_checkpointing is on for layer in model.global_layer)
+        with HostSyncCounter() as counter:
+            model(data).sum().backward()
+        counts.append(counter.kernel_ops)
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert counts[1] < counts[0], counts  # no recomputation
