@@ -285,3 +285,27 @@ def test_activation_checkpointing_off_gives_the_same_gradients():
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert counts[1] < counts[0], counts  # no recomputation
+
+
+def test_recomputed_blocks_give_position_gradients_and_refuse_double_backward():
+    """The checkpointed blocks are one autograd node with the parameters as inputs: gradients w.r.t.
+    positions (torch.autograd.grad) equal those without checkpointing; the MLP of the spherical
+    basis (whose input needs no grad when positions do not) still gets its gradients; double
+    backward is refused with an error that names the fix."""
+    data = random_batch([5, 7, 4], seed=6)
+    data.pos.requires_grad_(True)
+    forces = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2, activation_checkpointing=on)).double()
+        energy = model(data).sum()
+        forces.append(torch.autograd.grad(energy, data.pos)[0])
+    torch.testing.assert_close(forces[0], forces[1], rtol=1e-12, atol=1e-14)
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2)).double()
+    data.pos.requires_grad_(False)
+    model(data).sum().backward()
+    assert model.local_layer[0].mlp_sbf[0][0].weight.grad.abs().sum() > 0
+    data.pos.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="activation_checkpointing=False"):
+        torch.autograd.grad(model(data).sum(), data.pos, create_graph=True)

@@ -7,43 +7,15 @@ the local layers, the global layer trusts its index inputs (``check_values=False
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from .dense import MLP, Linear
-
-
-def _wants_checkpoint(module: nn.Module, *tensors: Tensor) -> bool:
-    """Recompute ``module``'s node/triplet MLPs in backward instead of keeping their activations:
-    only when autograd records (``grad_checkpointing`` on the module, default True). The grad-mode
-    test comes first: walking the module's parameters costs more host time than its kernels take
-    to launch (a quarter of an inference forward's host time, measured)."""
-    if not (torch.is_grad_enabled() and getattr(module, "grad_checkpointing", True)):
-        return False
-    return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in module.parameters())
-
-
-def _same_dense_backend():
-    """Checkpoint contexts (forward, recomputation): the recomputation uses the dense-layer backend
-    of the forward (:func:`pamnet_fast.ops.aten_linear` may be active in one and not the other)."""
-    aten = ops.linear_backend() == "aten"
-    return contextlib.nullcontext(), (ops.aten_linear() if aten else contextlib.nullcontext())
-
-
-def maybe_checkpoint(module: nn.Module, fn, *args: Tensor):
-    """``fn(*args)``, activation-checkpointed (non-reentrant) when :func:`_wants_checkpoint`; the
-    recomputation is bitwise the same forward, so values and gradients are unchanged."""
-    if _wants_checkpoint(module, *args):
-        if torch.compiler.is_compiling():  # compiled: aten dense layers in both passes already
-            return checkpoint(fn, *args, use_reentrant=False)
-        return checkpoint(fn, *args, use_reentrant=False, context_fn=_same_dense_backend)
-    return fn(*args)
+from .recompute import maybe_checkpoint
 
 
 def reset_mlp(mlp: nn.Module):
@@ -110,7 +82,7 @@ class PlexLayer(nn.Module):
     def update_and_output(self, h: Tensor, res_x: Tensor):
         """``h``: message-updated ``[N, F]``; returns ``(x' [N, F], out [N, out_dim], score [N, 1],
         z [N, F])``. In training the ten node MLPs are recomputed in backward (only ``h`` and
-        ``res_x`` are kept; set ``grad_checkpointing = False`` to keep all activations)."""
+        ``res_x`` are kept; ``PAMNetConfig(activation_checkpointing=False)`` keeps all activations)."""
         return maybe_checkpoint(self, self._update_and_output, h, res_x)
 
     def _update_and_output(self, h: Tensor, res_x: Tensor):

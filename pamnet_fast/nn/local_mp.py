@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from .. import ops
 from ..ops import Triplets
 from .dense import MLP, Linear
-from .global_mp import PlexLayer, maybe_checkpoint, split_message_weight
+from .global_mp import PlexLayer, split_message_weight
+from .recompute import maybe_checkpoint
 
 
 def edge_rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:

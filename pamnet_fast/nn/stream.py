@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from .block_neighbors import BlockNeighbors
-from .global_mp import _same_dense_backend
+from .recompute import same_dense_backend
 from .graphs import csr_pointer
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 10**3, "KIB": 2**10, "M": 2**20, "MB": 10**6, "MIB": 2**20,
@@ -174,7 +174,7 @@ def _cat(parts: List[Tensor], like: Tensor, rows: int) -> Tensor:
 def _call(fn, recompute: bool, *args: Tensor) -> Tensor:
     """``fn(*args)``; when training, checkpointed so that backward rebuilds the block."""
     if recompute:
-        return checkpoint(fn, *args, use_reentrant=False, context_fn=_same_dense_backend)
+        return checkpoint(fn, *args, use_reentrant=False, context_fn=same_dense_backend)
     return fn(*args)
 
 
