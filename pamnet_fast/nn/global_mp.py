@@ -45,9 +45,11 @@ class Res(nn.Module):
 
 
 def split_message_weight(lin: nn.Linear, dim: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """Blocks of a ``Linear(3F, F)`` applied to ``[x_i || x_j || e_ij]``: (W_i, W_j, W_e), each ``[F, F]``."""
-    w = lin.weight
-    return w[:, :dim], w[:, dim:2 * dim], w[:, 2 * dim:]
+    """Blocks of a ``Linear(3F, F)`` applied to ``[x_i || x_j || e_ij]``: (W_i, W_j, W_e), each ``[F, F]``.
+    One ``split`` (its backward is one ``cat``; three slices would each zero-fill and copy a
+    ``[F, 3F]`` gradient, then add them)."""
+    w_i, w_j, w_e = lin.weight.split(dim, dim=1)
+    return w_i, w_j, w_e
 
 
 class PlexLayer(nn.Module):
