@@ -126,3 +126,21 @@ def test_trainer_compiles_pamnet_fullgraph_and_other_models_generically():
     compiled.train()
     assert model.training
     assert not isinstance(compile_model(torch.nn.Linear(2, 2)), CompiledModel)
+
+
+def test_reduce_overhead_mode_compiles_with_inductor_for_a_fixed_shape():
+    """``compile_model(model, mode="reduce-overhead", dynamic=False)``: Inductor compiles the whole
+    forward for one batch shape (the CUDA-graph mode; on the CPU Inductor skips the CUDA graph and
+    the rest is the same); outputs equal the eager model's. On a GPU, tests/test_triton.py replays
+    it as a CUDA graph."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.qm9(dim=8, n_layer=1)).eval()
+    data = _batches(torch.float32)[0]
+    graphs = model.build_graphs(data)
+    compiled = compile_model(model, mode="reduce-overhead", dynamic=False)
+    with torch.no_grad():
+        for _ in range(2):
+            out = compiled(data, graphs)
+        assert rel_err(out, model(data, graphs)) <= 1e-5
+    torch._dynamo.reset()

@@ -427,6 +427,26 @@ def test_model_forward_captures_in_a_cuda_graph(qm9_small):
     with torch.no_grad():
         _close(got, model(moved, graphs), torch.float64)
 
+
+@pytest.mark.skipif(DEV != "cuda", reason="CUDA graphs need a GPU")
+def test_compiled_model_replays_as_cuda_graph(qm9_small):
+    """compile_model(mode="reduce-overhead"): Inductor's CUDA-graph trees record the compiled
+    forward (warm-up, record, replay); every call equals the eager forward."""
+    from pamnet_fast.nn import PAMNet, PAMNetConfig, compile_model
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = PAMNet(PAMNetConfig.qm9(dim=32, n_layer=2)).to(DEV).eval()
+    data = qm9_small.to(DEV)
+    data.pos = data.pos.float()
+    graphs = model.build_graphs(data)
+    compiled = compile_model(model, mode="reduce-overhead", dynamic=False)
+    with torch.no_grad():
+        want = model(data, graphs)
+        for _ in range(3):
+            got = compiled(data, graphs).clone()
+            _close(got, want, torch.float32)
+    torch._dynamo.reset()
+
 # --- triplets ---
 
 def _edges(n, box, r, seed):
