@@ -10,6 +10,10 @@ One public op per name, with one implementation per device behind it:
 
 Fake (meta) kernels and autograd formulas are registered here, once, for every backend, so
 ``torch.compile(fullgraph=True)`` traces through the ops and gradients flow through them.
+
+The ops whose checks read tensor values (index ranges, CSR pointers, sorted batches, finite inputs)
+end their schema with ``bool check_values=True``; every backend honours it (``False``: only shapes,
+dtypes and devices are checked, and a CUDA call reads nothing back from the device).
 """
 from __future__ import annotations
 
