@@ -70,11 +70,13 @@ def positive(op: str, name: str, value, *, integer: bool = False) -> None:
         raise ValueError(f"{op}: {name} must be positive and finite, got {value}")
 
 
-def positions(op: str, pos) -> Tensor:
+def positions(op: str, pos, *, values: bool = True) -> Tensor:
+    """A float ``[N, 3]`` tensor; finite too with ``values`` (a device read)."""
     floating(op, "pos", pos, dim=2)
     if pos.size(1) != 3:
         raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
-    finite(op, "pos", pos)
+    if values:
+        finite(op, "pos", pos)
     return pos
 
 

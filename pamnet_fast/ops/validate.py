@@ -29,9 +29,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbo
                  values: bool = True) -> None:
     """``values=False`` leaves out the checks of values (finite ``pos``, sorted ``batch``)."""
     op = "radius_graph"
-    checks.floating(op, "pos", pos, dim=2)
-    if pos.size(1) != 3:
-        raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
+    checks.positions(op, pos, values=False)
     checks.positive(op, "r", r)
     checks.batch_vector(op, batch, pos.size(0), values=False)
     checks.same_device(op, pos=pos, batch=batch)
@@ -42,9 +40,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbo
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float]) -> None:
     op = "knn_graph"
-    checks.floating(op, "pos", pos, dim=2)
-    if pos.size(1) != 3:
-        raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
+    checks.positions(op, pos, values=False)
     checks.positive(op, "k", k, integer=True)
     if r is not None:
         checks.positive(op, "r", r)
