@@ -513,7 +513,21 @@ def test_models(benchmark, model_name, batch_size, mode):
                                 baseline=model_name == "DimeNet++",
                                 parameters=sum(p.numel() for p in model.parameters()),
                                 **_data.batch_stats(batch))
+    if model_name.startswith("PAMNet") and mode == "inference" and not SMOKE:
+        benchmark.extra_info.update(_phase_counts(model, batch))
     _measure(benchmark, case.run, case.reset, rounds=10)
+
+
+def _phase_counts(model, batch) -> dict:
+    """Issue 12's budgets, per phase of one PAMNet inference: kernels and host syncs of
+    ``model.build_graphs(batch)`` and of the forward given the graphs."""
+    model.eval()
+    with torch.no_grad():
+        build = _profile(lambda: model.build_graphs(batch))
+        graphs = model.build_graphs(batch)
+        forward = _profile(lambda: model(batch, graphs))
+    return {f"{phase}_{key}": value for phase, counts in (("build", build), ("forward", forward))
+            for key, value in counts.items()}
 
 
 

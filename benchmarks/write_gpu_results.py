@@ -124,6 +124,7 @@ def targets(groups):
 MODEL_TIME_GOALS = {"inference": 0.5, "train step": 0.7}
 MEMORY_GOAL = 0.15
 KERNEL_GOAL = 600
+SYNC_GOAL = 2
 
 
 def model_targets(groups):
@@ -153,6 +154,13 @@ def model_targets(groups):
                 k = e["cuda_kernels"]
                 lines.append(f"| {g}, {name}: ≤ {KERNEL_GOAL} CUDA kernels | {k} | "
                              f"{'yes' if k <= KERNEL_GOAL else 'no'} |")
+            if kind == "inference" and "forward_memcpy_dtoh" in e:
+                reads = e["forward_memcpy_dtoh"] + e.get("forward_host_syncs", 0)
+                lines.append(f"| {g}, {name}: forward given the graphs ≤ {SYNC_GOAL} host syncs | "
+                             f"{e['forward_memcpy_dtoh']} DtoH / {e.get('forward_host_syncs', 0)} syncs "
+                             f"(graph building: {e.get('build_memcpy_dtoh', '?')} / "
+                             f"{e.get('build_host_syncs', '?')}; kernels {e.get('build_cuda_kernels', '?')} "
+                             f"+ {e.get('forward_cuda_kernels', '?')}) | {'yes' if reads <= SYNC_GOAL else 'no'} |")
     return lines if len(lines) > 4 else []
 
 

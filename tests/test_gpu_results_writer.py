@@ -25,7 +25,9 @@ def test_write_gpu_results(tmp_path):
                edges=10**6, floor_ms=0.4),
         _bench("m-eager", "fused_edge_message fwd+bwd E=1e+06 F=128 float32", 4e-3, impl="eager", edges=10**6),
         _bench("q-pamnet", "QM9 batch 128: inference", 12e-3, model="PAMNet", impl="PAMNet",
-               cuda_peak_extra_mb=60.0, cuda_kernels=650),
+               cuda_peak_extra_mb=60.0, cuda_kernels=650, build_cuda_kernels=150, build_memcpy_dtoh=3,
+               build_host_syncs=0, forward_cuda_kernels=500, forward_memcpy_dtoh=0,
+               forward_host_syncs=0),
         _bench("q-graph", "QM9 batch 128: inference", 4e-3, model="PAMNet (CUDA graph)",
                impl="PAMNet (CUDA graph)", cuda_peak_extra_mb=60.0, cuda_kernels=5),
         _bench("q-dimenet", "QM9 batch 128: inference", 20e-3, model="DimeNet++", impl="DimeNet++",
@@ -51,6 +53,8 @@ def test_write_gpu_results(tmp_path):
     assert "| QM9 batch 128: inference, PAMNet (CUDA graph): time ≤ 0.5× DimeNet++ | 0.2× | yes |" in text
     assert "| QM9 batch 128: inference, PAMNet: memory ≤ 0.15× DimeNet++ | 0.1× | yes |" in text
     assert "| QM9 batch 128: inference, PAMNet: ≤ 600 CUDA kernels | 650 | no |" in text
+    assert ("| QM9 batch 128: inference, PAMNet: forward given the graphs ≤ 2 host syncs | 0 DtoH / 0 syncs "
+            "(graph building: 3 / 0; kernels 150 + 500) | yes |") in text
     # a partial run: the JSON-lines log gives the same tables
     log = tmp_path / "gpu.jsonl"
     log.write_text("\n".join(json.dumps(b) for b in benches) + "\n")
