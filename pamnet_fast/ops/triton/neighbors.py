@@ -26,8 +26,9 @@ Design (radius graph, at most one device->host read: the edge total and largest 
   it. Lists longer than ``SORT_MAX`` (very dense graphs) fall back to one ``torch.sort`` of the keys.
 * ``max_num_neighbors`` over the limit: ``ValueError`` (the reference's message), or with
   ``truncate=True`` the nearest (ties: smaller index) by stable sorts: a rare path that reads more.
-* Launches: BIN, COUNT, FILL (3 Triton kernels) plus about twenty small torch ops (graph ids, boxes,
-  grid sizes, the key sort, searchsorted, the scan); ``tests/test_triton.py`` counts them and the reads.
+* Launches: CELLS (the grid sizes of every graph), BIN, COUNT, FILL (4 Triton kernels) plus about
+  twenty small torch ops (graph ids, boxes, the key sort, searchsorted, the scan);
+  ``tests/test_triton.py`` counts them and the reads.
 * Registers (ptxas for sm_90a, without a GPU): BIN 58; COUNT 16 x 32 tile 162 (float64: 188); FILL +
   sort 188 / 193 / 114 / 64 at SEG = 32 / 64 / 256 / 1024, 128 at SEG = 4096 (8 warps); no spills.
   (A 32 x 32 COUNT tile took 255 registers and spilled.) The PTX of FILL + sort has plain (coherent)
@@ -83,6 +84,31 @@ def _launch(kernel, grid, *args, **meta):
 def _read(t: Tensor) -> list:
     """The device->host reads of this module (the tests count them)."""
     return t.tolist()
+
+
+@triton.jit
+def _cells_kernel(ext_ptr, size_ptr, h, edge_ptr, dims_ptr, cells_ptr, n, BLOCK: tl.constexpr):
+    """Per graph row g (of N): the cell edge ``h_g = max(h, L_g / (M_g^(1/3) - 1) * (1 + 1e-6))``,
+    the cells per axis ``floor(ext / h_g) + 1`` and their product (0 for unused rows): the grid sizes
+    of the module docstring in one launch instead of a score of small torch ops. ``h`` arrives as
+    float32 (a kernel float argument): still above ``r`` by ~2^-10, all that the grid needs."""
+    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = g < n
+    ex = tl.load(ext_ptr + g * 3, mask=m, other=0.0)
+    ey = tl.load(ext_ptr + g * 3 + 1, mask=m, other=0.0)
+    ez = tl.load(ext_ptr + g * 3 + 2, mask=m, other=0.0)
+    size = tl.load(size_ptr + g, mask=m, other=0)
+    longest = tl.maximum(tl.maximum(ex, ey), ez)
+    root = tl.exp(tl.log((2 * size + 8).to(tl.float64)) / 3.0)  # >= 2: M_g >= 8
+    edge = tl.maximum(longest / (root - 1.0) * (1.0 + 1e-6), tl.zeros([BLOCK], dtype=tl.float64) + h)
+    nx = tl.floor(ex / edge).to(tl.int64) + 1
+    ny = tl.floor(ey / edge).to(tl.int64) + 1
+    nz = tl.floor(ez / edge).to(tl.int64) + 1
+    tl.store(edge_ptr + g, edge, mask=m)
+    tl.store(dims_ptr + g * 3, nx, mask=m)
+    tl.store(dims_ptr + g * 3 + 1, ny, mask=m)
+    tl.store(dims_ptr + g * 3 + 2, nz, mask=m)
+    tl.store(cells_ptr + g, tl.where(size > 0, nx * ny * nz, 0), mask=m)
 
 
 @triton.jit
@@ -217,12 +243,11 @@ def _graphs(pos: Tensor, batch: Optional[Tensor]) -> _Graphs:
 def _grid(pos: Tensor, gr: _Graphs, h: float) -> _Grid:
     """Bin the nodes into per-graph grids of cells at least ``h`` wide (see the module docstring)."""
     n, dev = pos.size(0), pos.device
-    max_cells = (2 * gr.size + 8).to(torch.float64)
-    longest = gr.ext.amax(1)
     # Each axis then has floor(ext / edge) + 1 <= max_cells^(1/3) cells (1e-6: rounding of the root).
-    edge = (longest / (max_cells.pow(1.0 / 3.0) - 1.0) * (1.0 + 1e-6)).clamp_(min=max(h, 1e-300))
-    dims = torch.nan_to_num(gr.ext / edge[:, None], nan=0.0, posinf=0.0).floor_().to(torch.int64) + 1
-    cells = torch.where(gr.size > 0, dims.prod(1), 0)
+    edge = torch.empty(n, dtype=torch.float64, device=dev)
+    dims = torch.empty(n, 3, dtype=torch.int64, device=dev)
+    cells = torch.empty(n, dtype=torch.int64, device=dev)
+    _launch(_cells_kernel, (triton.cdiv(n, 256),), gr.ext, gr.size, h, edge, dims, cells, n, BLOCK=256)
     base = torch.cumsum(cells, 0) - cells
     key = torch.empty(n, dtype=torch.int64, device=dev)
     _launch(_bin_kernel, (triton.cdiv(n, 256),), pos, gr.graph, gr.lo, edge, dims, base, key, n, BLOCK=256)
