@@ -180,14 +180,9 @@ def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
 def position_check(pos: Tensor, batch: Optional[Tensor]) -> InputCheck:
     """Finite ``pos`` and a sorted, non-negative ``batch`` as an :class:`InputCheck` (what the
     neighbor searches would otherwise check, one read each, before they run unchecked)."""
-    conditions = [torch.isfinite(pos).all()]
-    if batch is not None and batch.numel():
-        conditions += [batch.min() >= 0, ops.checks.sorted_nondecreasing(batch)]
-
-    def fail():
-        ops.checks.finite("build_graphs", "pos", pos)
-        ops.checks.batch_values("build_graphs", batch)
-    return InputCheck(torch.stack(conditions).all(), fail)
+    conditions = ops.checks.position_conditions(pos, batch)
+    return InputCheck(torch.stack(conditions).all(),
+                      lambda: ops.checks.position_values("build_graphs", pos, batch))
 
 
 def bond_check(bonds: Tensor, num_nodes: int) -> InputCheck:

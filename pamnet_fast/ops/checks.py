@@ -70,13 +70,11 @@ def positive(op: str, name: str, value, *, integer: bool = False) -> None:
         raise ValueError(f"{op}: {name} must be positive and finite, got {value}")
 
 
-def positions(op: str, pos, *, values: bool = True) -> Tensor:
-    """A float ``[N, 3]`` tensor; finite too with ``values`` (a device read)."""
+def positions(op: str, pos) -> Tensor:
+    """A float ``[N, 3]`` tensor (its values: :func:`position_conditions`)."""
     floating(op, "pos", pos, dim=2)
     if pos.size(1) != 3:
         raise ValueError(f"{op}: pos must have shape [N, 3], got {tuple(pos.shape)}")
-    if values:
-        finite(op, "pos", pos)
     return pos
 
 
@@ -85,23 +83,33 @@ def finite(op: str, name: str, t: Tensor) -> None:
         raise ValueError(f"{op}: {name} contains NaN or infinite values")
 
 
-def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int, *, values: bool = True) -> None:
+def batch_vector(op: str, batch: Optional[Tensor], num_nodes: int) -> None:
+    """An index vector with one entry per node (its values: :func:`position_conditions`)."""
     if batch is None:
         return
     index(op, "batch", batch)
     if batch.numel() != num_nodes:
         raise ValueError(f"{op}: batch has {batch.numel()} entries but pos has {num_nodes} nodes")
-    if values:
-        batch_values(op, batch)
 
 
-def batch_values(op: str, batch: Optional[Tensor]) -> None:
+def position_conditions(pos: Tensor, batch: Optional[Tensor]) -> list:
+    """0-dim boolean device-side conditions on the values of a neighbor search's inputs: finite
+    ``pos``, a non-negative, sorted ``batch`` (read them with :func:`all_hold`, or with graph sizes)."""
+    conditions = [torch.isfinite(pos).all()]
+    if batch is not None and batch.numel():
+        conditions += [batch.min() >= 0, sorted_nondecreasing(batch)]
+    return conditions
+
+
+def position_values(op: str, pos: Tensor, batch: Optional[Tensor]) -> None:
+    """The error naming which of :func:`position_conditions` fails (reads the device: call it only
+    when they do not all hold)."""
+    finite(op, "pos", pos)
     if batch is None:
         return
-    num_nodes = batch.numel()
-    if num_nodes and int(batch.min()) < 0:
+    if batch.numel() and int(batch.min()) < 0:
         raise ValueError(f"{op}: batch contains negative graph indices")
-    if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
+    if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
         raise ValueError(f"{op}: batch must be sorted (nodes of each graph contiguous, graphs in "
                          f"ascending order)")
 

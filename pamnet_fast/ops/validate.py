@@ -16,12 +16,8 @@ from . import checks
 
 def _position_values(op: str, pos: Tensor, batch: Optional[Tensor]) -> None:
     """Finite ``pos``, sorted non-negative ``batch``: one device read; detailed checks on failure."""
-    conditions = [torch.isfinite(pos).all()] if pos.numel() else []
-    if batch is not None and batch.numel():
-        conditions += [batch.min() >= 0, checks.sorted_nondecreasing(batch)]
-    if not checks.all_hold(*conditions):
-        checks.finite(op, "pos", pos)
-        checks.batch_values(op, batch)
+    if not checks.all_hold(*checks.position_conditions(pos, batch)):
+        checks.position_values(op, pos, batch)
         raise AssertionError(f"{op}: the combined check failed but no detailed check did")
 
 
@@ -29,9 +25,9 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbo
                  values: bool = True) -> None:
     """``values=False`` leaves out the checks of values (finite ``pos``, sorted ``batch``)."""
     op = "radius_graph"
-    checks.positions(op, pos, values=False)
+    checks.positions(op, pos)
     checks.positive(op, "r", r)
-    checks.batch_vector(op, batch, pos.size(0), values=False)
+    checks.batch_vector(op, batch, pos.size(0))
     checks.same_device(op, pos=pos, batch=batch)
     if values:
         checks.not_capturing(op, pos)
@@ -40,11 +36,11 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], max_num_neighbo
 
 def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float]) -> None:
     op = "knn_graph"
-    checks.positions(op, pos, values=False)
+    checks.positions(op, pos)
     checks.positive(op, "k", k, integer=True)
     if r is not None:
         checks.positive(op, "r", r)
-    checks.batch_vector(op, batch, pos.size(0), values=False)
+    checks.batch_vector(op, batch, pos.size(0))
     checks.same_device(op, pos=pos, batch=batch)
     checks.not_capturing(op, pos)
     _position_values(op, pos, batch)
