@@ -81,8 +81,9 @@ class CapturedForward:
     """A PAMNet inference forward recorded once in a CUDA graph, replayed for batches of the same
     shapes (see :func:`capture_forward`)."""
 
-    def __init__(self, model: nn.Module, graph, inputs: list, graphs: Graphs, output: Tensor):
-        self.model, self.graph, self.inputs, self.graphs, self.output = model, graph, inputs, graphs, output
+    def __init__(self, model: nn.Module, graph, inputs: list, num_graphs: int, output: Tensor):
+        self.model, self.graph, self.inputs, self.num_graphs, self.output = (model, graph, inputs,
+                                                                             num_graphs, output)
 
     def __call__(self, data, graphs: Optional[Graphs] = None) -> Tensor:
         """``model(data, graphs)`` by copying the inputs into the recorded buffers and replaying
@@ -91,7 +92,7 @@ class CapturedForward:
         if graphs is None:
             graphs = self.model.build_graphs(data)
         new = [data.pos, self.model.node_input(data)] + _tensors(graphs)
-        if len(new) != len(self.inputs) or graphs.num_graphs != self.graphs.num_graphs or any(
+        if len(new) != len(self.inputs) or graphs.num_graphs != self.num_graphs or any(
                 a.shape != b.shape or a.dtype != b.dtype for a, b in zip(new, self.inputs)):
             raise ValueError("CapturedForward: this batch's shapes (atoms, edges, triplets or graphs) "
                              "differ from the captured batch's; capture it separately "
@@ -125,4 +126,5 @@ def capture_forward(model: nn.Module, data, graphs: Optional[Graphs] = None,
     graph = torch.cuda.CUDAGraph()
     with torch.no_grad(), torch.cuda.graph(graph):
         output = model.forward_tensors(pos, node_input, graphs)
-    return CapturedForward(model, graph, [pos, node_input] + _tensors(graphs), graphs, output)
+    return CapturedForward(model, graph, [pos, node_input] + _tensors(graphs), graphs.num_graphs,
+                           output)

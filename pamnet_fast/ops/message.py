@@ -29,8 +29,9 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, check_
         src: ``[S]`` row of ``a`` for each entry (int32/int64).
         b: ``[S, F]`` per-entry factor (edge or triplet terms).
         ptr: ``[R + 1]`` CSR pointer of the segments (int32/int64).
-        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` in range), which reads them from the device once
-            (a synchronization on a GPU). ``False`` for inputs valid by construction (the graphs of
+        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` in
+            range), which reads them from the device once (a synchronization on a GPU). ``False``
+            for inputs valid by construction (the graphs of
             :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
             graph; invalid inputs then give undefined results.
 
@@ -66,8 +67,9 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         p: ``[N, F]`` target term; q: ``[M, F]`` source term; r, s: ``[R, F]`` edge terms (``R = E``
         without ``edge_row``); ptr: ``[N + 1]`` CSR pointer over targets; src: ``[E]`` source of each
         edge; edge_row: optional ``[E]`` row of ``r``/``s`` used by each edge.
-        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` and ``edge_row`` in range), which reads them from the device once
-            (a synchronization on a GPU). ``False`` for inputs valid by construction (the graphs of
+        check_values: check the values of the inputs (``ptr`` a valid CSR pointer, ``src`` and
+            ``edge_row`` in range), which reads them from the device once (a synchronization on a
+            GPU). ``False`` for inputs valid by construction (the graphs of
             :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
             graph; invalid inputs then give undefined results.
 
