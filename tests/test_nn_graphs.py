@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from pamnet_fast import ops
 from pamnet_fast.host_syncs import HostSyncCounter
 from pamnet_fast.nn import PAMNet, PAMNetConfig, PAMNetS, ProteinLigandHead, complex_batch
 from pamnet_fast.nn.graphs import (batch_of, bond_graph, build_graphs, csr_pointer, edge_distance,
                                    pair_rows, sort_edges)
-from test_nn_common import random_batch, rna_structure
+from test_nn_common import qm9_molecules, random_batch, rna_structure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -184,14 +184,8 @@ def test_batch_of_single_graph_and_batch():
 # --- host synchronizations and op counts on a real QM9 batch of 128 ----------------------------
 
 @pytest.fixture(scope="module")
-def qm9_batch(tmp_path_factory):
-    try:
-        from pamnet_fast.data import QM9
-        from torch_geometric.loader import DataLoader
-        ds = QM9(tmp_path_factory.mktemp("qm9"), limit=160, verbose=False, num_workers=1)
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"QM9 (qm9pack) not available: {exc}")
-    return next(iter(DataLoader(ds, batch_size=128)))
+def qm9_batch():
+    return Batch.from_data_list(qm9_molecules(128, min_atoms=1, dtype=torch.float32))
 
 
 # Measured (CPU, no_grad, QM9 U0 settings: dim 128, 6 layers, batch of 128): aten ops dispatched per

@@ -282,29 +282,35 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
 
 # --- host reads of every launcher, and the model on the Triton kernels (the CUDA path) ---
 
-def _reads_of(fn, *args):
-    """The device reads (``.tolist()``, ``.item()``, ``bool()``, ...) made by ``fn(*args)``."""
-    from torch.utils._python_dispatch import _disable_current_modes
+def _interpreter_outside_modes(monkeypatch, launches=None):
+    """Triton's interpreter runs a kernel as torch ops on CPU tensors: run them outside the dispatch
+    modes (``HostSyncCounter``) so that only the launcher's own work is counted, and record the name
+    of each launched kernel in ``launches``."""
     import triton.runtime.interpreter as interpreter
-    from pamnet_fast.host_syncs import HostSyncCounter
+    from torch.utils._python_dispatch import _disable_current_modes
     run = interpreter.InterpretedFunction.run
 
-    def quiet_run(self, *a, **k):  # the interpreter's own tensor work is not the launcher's
+    def quiet_run(self, *args, **kwargs):
+        if launches is not None:
+            launches.append(self.fn.__name__)
         with _disable_current_modes():
-            return run(self, *a, **k)
-    interpreter.InterpretedFunction.run = quiet_run
-    try:
-        with HostSyncCounter() as counter:
-            fn(*args)
-    finally:
-        interpreter.InterpretedFunction.run = run
+            return run(self, *args, **kwargs)
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", quiet_run)
+
+
+def _reads_of(fn, *args):
+    """The device reads (``.tolist()``, ``.item()``, ``bool()``, ...) made by ``fn(*args)``."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    with HostSyncCounter() as counter:
+        fn(*args)
     return counter.syncs
 
 
-def test_launcher_host_reads_with_and_without_value_checks():
+def test_launcher_host_reads_with_and_without_value_checks(monkeypatch):
     """With ``check_values=False`` the float ops read nothing from the device (CUDA-graph
     capturable); with the checks, one read each. The graph ops read their output sizes once, and
     the checks add one read."""
+    _interpreter_outside_modes(monkeypatch)
     g = _gen(11)
     ei = _edges(40, 3.0, 1.2, 6)
     ptr = torch.searchsorted(ei[1], torch.arange(41))
@@ -340,16 +346,10 @@ def test_launcher_host_reads_with_and_without_value_checks():
 
 
 @pytest.fixture(scope="module")
-def qm9_small(tmp_path_factory):
-    try:
-        from pamnet_fast.data import QM9
-        from torch_geometric.loader import DataLoader
-        ds = QM9(tmp_path_factory.mktemp("qm9"), limit=16, verbose=False, num_workers=1)
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"QM9 (qm9pack) not available: {exc}")
-    data = next(iter(DataLoader(ds, batch_size=8)))
-    data.pos = data.pos.double()
-    return data
+def qm9_small():
+    from torch_geometric.data import Batch
+    from test_nn_common import qm9_molecules
+    return Batch.from_data_list(qm9_molecules(8, min_atoms=1))  # float64 positions
 
 
 def _route_ops_to_triton(monkeypatch, launches):
@@ -357,20 +357,12 @@ def _route_ops_to_triton(monkeypatch, launches):
     every kernel launch is recorded. On CUDA the dispatcher already does it."""
     import importlib
     import types
-    import triton.runtime.interpreter as interpreter
-    from torch.utils._python_dispatch import _disable_current_modes
     if DEV == "cuda":
         return
     ns = types.SimpleNamespace(**{n: KERNELS[n] for n in library.FORWARD_OPS})
     for module in ("message", "basis", "graph", "triplets"):
         monkeypatch.setattr(importlib.import_module(f"pamnet_fast.ops.{module}"), "_ops", lambda: ns)
-    run = interpreter.InterpretedFunction.run
-
-    def counted_run(self, *args, **kwargs):
-        launches.append(self.fn.__name__)
-        with _disable_current_modes():
-            return run(self, *args, **kwargs)
-    monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted_run)
+    _interpreter_outside_modes(monkeypatch, launches)
 
 
 @pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])
