@@ -153,18 +153,30 @@ std::tuple<at::Tensor, at::Tensor> knn_graph(const at::Tensor& pos, int64_t k,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplets(
-    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values) {
+    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values,
+    at::OptionalIntArrayRef sizes) {
   const char* op = "triplets";
   TORCH_CHECK_VALUE(num_nodes >= 0, op, ": num_nodes must be a non-negative int, got ", num_nodes);
   auto ei = check_index(op, "edge_index", edge_index, 2);
   TORCH_CHECK_VALUE(ei.size(0) == 2, op, ": edge_index must have shape [2, E], got ", ei.sizes());
+  if (sizes.has_value()) {
+    TORCH_CHECK_VALUE(sizes->size() == 2 && (*sizes)[0] >= 0 && (*sizes)[1] >= 0, op,
+                      ": sizes must be two non-negative ints (two-hop, one-hop), got ", *sizes);
+  }
   if (check_values) {
     check_range(op, "edge_index", ei, num_nodes);
     check_non_decreasing(op, "edge_index", ei[1],
                          "sorted by target (edge_index[1] non-decreasing); sort it, e.g. with "
                          "torch_geometric.utils.sort_edge_index(edge_index, sort_by_row=False)");
   }
-  return cpu::triplets_kernel(ei, num_nodes, include_self_pairs);
+  auto out = cpu::triplets_kernel(ei, num_nodes, include_self_pairs);
+  // Sizes are what the GPU path allocates from; on the CPU they cost nothing to verify.
+  if (sizes.has_value()) {
+    const int64_t two = std::get<0>(out).size(0), one = std::get<3>(out).size(0);
+    TORCH_CHECK_VALUE(two == (*sizes)[0] && one == (*sizes)[1], op, ": sizes says ", *sizes,
+                      " triplets (two-hop, one-hop), but the edge list has [", two, ", ", one, "]");
+  }
+  return out;
 }
 
 at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,

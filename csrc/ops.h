@@ -18,7 +18,8 @@ std::tuple<at::Tensor, at::Tensor> knn_graph(const at::Tensor& pos, int64_t k,
                                              const std::optional<at::Tensor>& batch,
                                              std::optional<double> r, bool loop);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> triplets(
-    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values);
+    const at::Tensor& edge_index, int64_t num_nodes, bool include_self_pairs, bool check_values,
+    at::OptionalIntArrayRef sizes);
 at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
                               const at::Tensor& ptr, bool check_values);
 std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor& grad_out,

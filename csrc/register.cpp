@@ -17,8 +17,8 @@ TORCH_LIBRARY(pamnet_fast, m) {
   m.def("radius_graph(Tensor pos, float r, Tensor? batch, bool loop, int max_num_neighbors, "
         "bool truncate, bool check_values=True) -> (Tensor, Tensor)");
   m.def("knn_graph(Tensor pos, int k, Tensor? batch, float? r, bool loop) -> (Tensor, Tensor)");
-  m.def("triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True, "
+        "int[]? sizes=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, bool check_values=True) -> Tensor");
   m.def("segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, Tensor b, Tensor ptr, "
         "bool need_a, bool need_b) -> (Tensor, Tensor)");

@@ -45,9 +45,15 @@ def test_sort_edges_and_bond_graph_match_reference():
         got, ptr = sort_edges(e, n, remove_self_loops=drop)
         want, want_ptr = _ref_sorted(e, n, drop)
         assert torch.equal(got, want) and torch.equal(ptr, want_ptr)
-    ei, ptr, pairs = bond_graph(e, n)
+    ei, ptr, pairs, trip = bond_graph(e, n)
     want, want_ptr = _ref_sorted(e, n)
-    assert torch.equal(ei, want) and torch.equal(ptr, want_ptr)
+    assert torch.equal(ei, want) and torch.equal(ptr, want_ptr) and trip is None
+    for self_pairs in (False, True):  # the triplets, sized in the bond list's one read
+        with HostSyncCounter() as counter:
+            trip = bond_graph(e, n, triplets=self_pairs).triplets
+        assert counter.syncs == ["tolist"], counter.syncs
+        want_trip = ops.triplets(want, n, include_self_pairs=self_pairs)
+        assert all(torch.equal(a, b) for a, b in zip(trip, want_trip))
     ref = _ref_pairs(want)
     assert pairs is not None and ref is not None
     # duplicates: the row of an upper edge is the first lower twin's; compare through the pair's nodes
@@ -56,11 +62,11 @@ def test_sort_edges_and_bond_graph_match_reference():
     # one bond without its reverse: no pair rows (and pair_rows says so too)
     one_way = torch.cat([e, torch.tensor([[0], [5]])], 1)
     one_way = one_way[:, (one_way[0] != 5) | (one_way[1] != 0)]
-    ei2, _, pairs2 = bond_graph(one_way, n)
+    ei2, _, pairs2, _ = bond_graph(one_way, n)
     assert pairs2 is None and pair_rows(ei2, n) is None
     # empty and all-loops lists
     for empty in (torch.zeros(2, 0, dtype=torch.long), torch.arange(3).repeat(2, 1)):
-        ei3, ptr3, pairs3 = bond_graph(empty, 4)
+        ei3, ptr3, pairs3, _ = bond_graph(empty, 4)
         assert ei3.shape == (2, 0) and ptr3.tolist() == [0] * 5 and pairs3 is None
 
 

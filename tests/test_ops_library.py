@@ -45,6 +45,7 @@ def _samples():
         "radius_graph": (pos, 2.0, None, False, -1, False),
         "knn_graph": (pos, 4, None, 2.5, False),
         "triplets": (ei, 20, False),
+        "triplets_with_sizes": (ei, 20, False, True, [len(t) for t in ops.triplets(ei, 20)[::3]]),
         "segment_gather_mul": (torch.randn(5, 3, dtype=torch.float64, **rg), src,
                                torch.randn(20, 3, dtype=torch.float64, **rg), sptr),
         "fused_edge_message": tuple(torch.randn(n, 4, dtype=torch.float64, **rg) for n in (20, 20, e, e))
@@ -60,9 +61,10 @@ def _samples():
     }
 
 
-@pytest.mark.parametrize("name", library.FORWARD_OPS + ("fused_edge_message_shared_rows",))
+@pytest.mark.parametrize("name", library.FORWARD_OPS + ("fused_edge_message_shared_rows",
+                                                      "triplets_with_sizes"))
 def test_opcheck(name):
-    op = getattr(torch.ops.pamnet_fast, name.replace("_shared_rows", ""))
+    op = getattr(torch.ops.pamnet_fast, name.replace("_shared_rows", "").replace("_with_sizes", ""))
     args = _samples()[name]
     tests = ["test_schema", "test_autograd_registration", "test_faketensor"]
     if name not in ("radius_graph", "knn_graph", "triplets"):

@@ -52,6 +52,46 @@ def test_triplets_semantics_brute_force():
     assert with_self.one_hop_ji.numel() == t.one_hop_ji.numel() + ei.size(1)
 
 
+def _sizes(t):
+    return [t.two_hop_kj.numel(), t.one_hop_j2i.numel()]
+
+
+@pytest.mark.parametrize("self_pairs", [False, True])
+def test_triplet_sizes_count_the_lists(self_pairs):
+    """``triplet_sizes`` (closed form, no enumeration) equals the lengths of ``triplets``' lists:
+    radius graphs, duplicate edges and self-loops, and only the kept prefix of a list."""
+    graphs = [(random_graph(n, r)[1], n) for n, r in ((0, 1.0), (1, 1.0), (30, 2.0), (200, 2.5))]
+    dup = torch.tensor([[1, 2, 2, 0, 3, 0, 1, 2, 1, 2], [0, 0, 0, 1, 1, 2, 2, 2, 3, 3]])  # 2->2 loop
+    graphs += [(dup, 5), (torch.zeros(2, 0, dtype=torch.long), 4)]
+    for ei, n in graphs:
+        want = _sizes(ops.triplets(ei, n, include_self_pairs=self_pairs))
+        assert ops.triplet_sizes(ei, n, include_self_pairs=self_pairs).tolist() == want
+    # the kept edges first, the others (self-loops) last: the counts of the kept list alone
+    src, dst = dup
+    loop = src == dst
+    key = torch.where(loop, 10**6, dst * 5 + src)
+    ordered = dup[:, torch.sort(key, stable=True).indices]
+    kept = ordered[:, : int((~loop).sum())]
+    got = ops.triplet_sizes(ordered, 5, include_self_pairs=self_pairs, keep=ordered[0] != ordered[1])
+    assert got.tolist() == _sizes(ops.triplets(kept, 5, include_self_pairs=self_pairs))
+    assert got.tolist() != ops.triplet_sizes(ordered, 5, include_self_pairs=self_pairs).tolist()
+
+
+def test_triplets_with_sizes_given():
+    _, ei = random_graph(40, 2.0)
+    want = ops.triplets(ei, 40)
+    sizes = ops.triplet_sizes(ei, 40).tolist()
+    for check in (True, False):
+        got = ops.triplets(ei, 40, sizes=sizes, check_values=check)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match=r"triplets: sizes says \[.*\] triplets \(two-hop, one-hop\)"):
+        ops.triplets(ei, 40, sizes=[sizes[0] + 1, sizes[1]])
+    with pytest.raises(ValueError, match="sizes must be two non-negative ints"):
+        ops.triplets(ei, 40, sizes=[sizes[0]])
+    with pytest.raises(ValueError, match="sizes must be two non-negative ints"):
+        ops.triplets(ei, 40, sizes=[-1, 0])
+
+
 def test_triplets_int32_and_multi_graph_batch():
     pos = torch.randn(60, 3, generator=G)
     batch = torch.arange(3).repeat_interleave(20)

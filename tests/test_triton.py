@@ -338,6 +338,11 @@ def test_launcher_host_reads_with_and_without_value_checks(monkeypatch):
     assert len(_reads_of(KERNELS["radius_graph"], pos, 1.2, None, False, -1, False, True)) == 2
     assert len(_reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, False)) == 1
     assert len(_reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, True)) == 2
+    # with the sizes counted by the caller: no read of its own (one, to verify them, with checks)
+    sizes = library.reference.triplets(ei, 40, False)
+    sizes = [sizes[0].numel(), sizes[3].numel()]
+    assert _reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, False, sizes) == []
+    assert len(_reads_of(KERNELS["triplets"], ei.to(DEV), 40, False, True, sizes)) == 2
     # backward kernels never read
     out_g = torch.randn(40, 8, generator=g).to(DEV)
     assert _reads_of(KERNELS["segment_gather_mul_backward"], out_g, a, src, b, ptr, True, True) == []
@@ -367,9 +372,9 @@ def _route_ops_to_triton(monkeypatch, launches):
 
 @pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])
 def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch):
-    """PAMNet's CUDA path, run through the Triton kernels: graph building reads the device 3 times
-    (the input checks with the bond list's sizes, the radius graph's edge total, the triplet list
-    sizes), the forward given the graphs never, and each fused op is one kernel launch. The result
+    """PAMNet's CUDA path, run through the Triton kernels: graph building reads the device twice
+    (the input checks with the bond list's and its triplet lists' sizes; the radius graph's edge
+    total), the forward given the graphs never, and each fused op is one kernel launch. The result
     equals the CPU kernels'."""
     from pamnet_fast.host_syncs import HostSyncCounter
     from pamnet_fast.nn import PAMNet, PAMNetConfig, PAMNetS
@@ -385,7 +390,7 @@ def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch
     with torch.no_grad():
         with HostSyncCounter() as counter:
             graphs = model.build_graphs(data)
-        assert counter.syncs == ["tolist"] * 3, counter.syncs
+        assert counter.syncs == ["tolist"] * 2, counter.syncs
         launches.clear()
         with HostSyncCounter() as counter:
             got = model(data, graphs)
@@ -465,6 +470,24 @@ def test_triplets_int32_duplicates_and_empty():
     _graphs_equal(tk.triplets(ei.to(DEV), 5), reference.triplets(ei, 5))
     empty = torch.zeros(2, 0, dtype=torch.long)
     _graphs_equal(tk.triplets(empty.to(DEV), 3), reference.triplets(empty, 3))
+
+
+@pytest.mark.parametrize("include_self_pairs", (False, True))
+def test_triplets_with_sizes_given(include_self_pairs):
+    """Sizes from ``ops.triplet_sizes`` give the same lists without a read; wrong sizes are an
+    error with the value checks, and without them never make the kernel write past the lists."""
+    from pamnet_fast import ops
+    ei = _edges(60, 4.0, 1.2, 5).to(DEV)
+    want = REF["triplets"](ei.cpu(), 60, include_self_pairs)
+    sizes = ops.triplet_sizes(ei, 60, include_self_pairs=include_self_pairs).tolist()
+    assert sizes == [want[0].numel(), want[3].numel()]
+    for check in (False, True):
+        _graphs_equal(KERNELS["triplets"](ei, 60, include_self_pairs, check, sizes), want)
+    wrong = [sizes[0] - 7, sizes[1]]
+    with pytest.raises(ValueError, match=r"triplets: sizes says \[.*\] triplets"):
+        KERNELS["triplets"](ei, 60, include_self_pairs, True, wrong)
+    cut = KERNELS["triplets"](ei, 60, include_self_pairs, False, wrong)  # trusted: cut, in bounds
+    assert cut[0].numel() == wrong[0] and torch.equal(cut[3].cpu(), want[3])
 
 
 def test_triplets_bad_input():
@@ -832,7 +855,7 @@ cases = [
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=64), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=1, SEG=2048, BLOCK_C=256), False),
     case("neighbors", "_scan_kernel", "*fp64", scan, dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
-    case("triplets", "_triplet_kernel", I, dict(num_edges="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
+    case("triplets", "_triplet_kernel", I, dict(num_edges="i64", total="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
     case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=False, BLOCK_S=16, BLOCK_F=128)),
     case("segment", "gather_mul_sum_kernel", "*bf16", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
     case("segment", "gather_mul_sum_kernel", "*fp64", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, HAS_X=False, HAS_IY=True, BLOCK_S=16, BLOCK_F=64)),

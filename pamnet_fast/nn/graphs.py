@@ -119,13 +119,16 @@ def sort_edges(edge_index: Tensor, num_nodes: int, remove_self_loops: bool = Tru
     return edge_index, csr_pointer(edge_index[1], num_nodes)
 
 
-def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int) -> Tuple[Tensor, Tensor]:
+def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int,
+                        rev: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """:func:`pair_rows` of an edge list known to be symmetric, with ``num_pairs`` edges j -> i,
-    j < i: sync-free (the pair list is filled by a scatter instead of ``nonzero``)."""
+    j < i: sync-free (the pair list is filled by a scatter instead of ``nonzero``). ``rev``: the
+    position of each edge's reverse, when the caller has it."""
     src, dst = edge_index[0], edge_index[1]
     E = src.numel()
-    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
-    rev = torch.searchsorted(key, rev_key).clamp_(max=max(E - 1, 0))
+    if rev is None:
+        key, rev_key = dst * num_nodes + src, src * num_nodes + dst
+        rev = torch.searchsorted(key, rev_key).clamp_(max=max(E - 1, 0))
     lower = src < dst
     row = torch.cumsum(lower, 0) - 1
     edge_row = torch.where(lower, row, row.index_select(0, rev))
@@ -136,24 +139,24 @@ def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int) -> T
     return pair, edge_row
 
 
-def _symmetry_counts(edge_index: Tensor, num_nodes: int, loops_last: bool = False
-                     ) -> Tuple[Tensor, Tensor]:
-    """Device-side ``(every edge has its reverse, number of edges j -> i with j < i)`` of a
-    target-sorted edge list, for one host read together with other counts. Self-loops make the
-    list not symmetric, unless ``loops_last`` (sorted last, to be cut off afterwards: ignored)."""
+def _reverse_positions(edge_index: Tensor, key: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """``(rev [E], found [E])``: where the reverse of each edge is in the sorted ``key`` (the first
+    such edge) and whether it is there."""
     src, dst = edge_index[0], edge_index[1]
-    E = src.numel()
-    if E == 0:
+    rev_key = src * num_nodes + dst
+    rev = torch.searchsorted(key, rev_key).clamp_(max=max(src.numel() - 1, 0))
+    return rev, key.index_select(0, rev) == rev_key
+
+
+def _symmetry_counts(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """Device-side ``(every edge has its reverse and none is a self-loop, number of edges j -> i
+    with j < i)`` of a target-sorted edge list, for one host read together with other counts."""
+    src, dst = edge_index[0], edge_index[1]
+    if src.numel() == 0:
         zero = torch.zeros((), dtype=torch.long, device=src.device)
         return zero, zero
-    loop = src == dst
-    key, rev_key = dst * num_nodes + src, src * num_nodes + dst
-    if loops_last:
-        key = torch.where(loop, torch.iinfo(key.dtype).max, key)
-    rev = torch.searchsorted(key, rev_key).clamp_(max=E - 1)
-    has_reverse = key.index_select(0, rev) == rev_key
-    symmetric = (has_reverse | loop).all() if loops_last else (has_reverse & ~loop).all()
-    return symmetric, (src < dst).sum()
+    _, found = _reverse_positions(edge_index, dst * num_nodes + src, num_nodes)
+    return (found & (src != dst)).all(), (src < dst).sum()
 
 
 def pair_rows(edge_index: Tensor, num_nodes: int, *, symmetric: bool = False
@@ -199,25 +202,45 @@ def bond_check(bonds: Tensor, num_nodes: int) -> InputCheck:
     return InputCheck(ok, fail)
 
 
-def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = ()
-               ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
-    """A bond list (any order, both directions, maybe with self-loops) as a plex: ``(edge_index
-    [2, E], ptr [N + 1], pair_rows or None)``, self-loops dropped, sorted by target then source;
-    ``pair_rows`` (:func:`pair_rows`) when every bond is listed both ways. One host read for all of it
-    (``checks``: :class:`InputCheck` flags read in the same read, with the check that the indices
-    are in range)."""
+class BondPlex(NamedTuple):
+    """A bond list as a plex (:func:`bond_graph`)."""
+    edge_index: Tensor                        # [2, E] sorted by target then source, no self-loops
+    ptr: Tensor                               # [N + 1]
+    pairs: Optional[Tuple[Tensor, Tensor]]    # pair_rows, when every bond is listed both ways
+    triplets: Optional[ops.Triplets] = None   # when asked for (their sizes came with the read)
+
+
+def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
+               triplets: Optional[bool] = None) -> BondPlex:
+    """A bond list (any order, both directions, maybe with self-loops) as a plex: self-loops
+    dropped, sorted by target then source, with :func:`pair_rows` when every bond is listed both ways.
+    One host read for all of it (``checks``: :class:`InputCheck` flags read in the same read, with the
+    check that the indices are in range). ``triplets`` (``include_self_pairs`` of
+    :func:`pamnet_fast.ops.triplets`, or ``None`` for none): also the angle triplets, whose sizes
+    ride on the same read (:func:`pamnet_fast.ops.triplet_sizes`), so enumerating them reads nothing."""
     checks = (bond_check(bonds, num_nodes),) + tuple(checks)
     bonds = bonds.long()
-    src, dst = bonds[0], bonds[1]
-    keep = src != dst
-    key = dst * num_nodes + src
-    edge_index = _compact_sorted(bonds, keep, key, bonds.size(1))  # all, self-loops last
-    symmetric, num_pairs = _symmetry_counts(edge_index, num_nodes, loops_last=True)
-    count, symmetric, num_pairs, *ok = read_counts(keep.sum(), symmetric, num_pairs, *checks)
+    # sorted by (target, source), self-loops last (key max): the kept edges are a prefix of the list
+    loop = bonds[0] == bonds[1]
+    key = torch.where(loop, torch.iinfo(torch.long).max, bonds[1] * num_nodes + bonds[0])
+    key, order = torch.sort(key, stable=True)
+    edge_index = bonds.index_select(1, order)
+    kept = ~loop.index_select(0, order)
+    ptr = torch.searchsorted(key, torch.arange(num_nodes + 1, device=key.device) * num_nodes)
+    rev, found = _reverse_positions(edge_index, key, num_nodes)
+    symmetric = (found | ~kept).all()
+    num_pairs = (edge_index[0] < edge_index[1]).sum()
+    sizes = [] if triplets is None else list(ops.triplet_sizes(
+        edge_index, num_nodes, include_self_pairs=triplets, keep=kept).unbind())
+    count, symmetric, num_pairs, *rest = read_counts(ptr[-1], symmetric, num_pairs, *sizes, *checks)
+    sizes, ok = rest[:len(sizes)], rest[len(sizes):]
     _raise_failed(checks, ok)
     edge_index = edge_index[:, :count]
-    pairs = _pairs_of_symmetric(edge_index, num_nodes, num_pairs) if symmetric and count else None
-    return edge_index, csr_pointer(edge_index[1], num_nodes), pairs
+    pairs = (_pairs_of_symmetric(edge_index, num_nodes, num_pairs, rev[:count])
+             if symmetric and count else None)
+    trip = None if triplets is None else ops.triplets(
+        edge_index, num_nodes, include_self_pairs=triplets, check_values=False, sizes=sizes)
+    return BondPlex(edge_index, ptr, pairs, trip)
 
 
 def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
@@ -288,8 +311,10 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     plex alone).
 
     Host reads: the input checks (with finite ``pos``, sorted ``batch`` and bonds in range) in one,
-    riding on a bond list's sizes; then one per neighbor search and one for the triplets. The
-    searches and the triplet enumeration run after the checks with ``check_values=False``.
+    riding on a bond list's sizes and, for a bond plex, its triplet sizes; then one per neighbor
+    search, and one for the triplets of a radius or kNN local plex. So a bond plex with a radius
+    global plex (QM9) reads twice. The searches and the triplet enumeration run after the checks
+    with ``check_values=False``.
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -305,8 +330,9 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     # The input checks ride on the first read that sizes an edge list (a bond list's, or the
     # authors' kNN list's), or are read alone: before any neighbor search that runs unchecked.
     checks = tuple(checks) + (position_check(pos, batch),)
+    trip = None
     if bonds_local:
-        ei_l, ptr_l, pairs_l = bond_graph(bonds, n, checks)
+        ei_l, ptr_l, pairs_l, trip = bond_graph(bonds, n, checks, triplets=compat)
     elif compat_knn:
         ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, checks)
     else:
@@ -327,7 +353,7 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     pairs_g = (pair_rows(ei_g, n, symmetric=True)
                if global_plex and cfg.global_graph == "radius" else None)
 
-    dist_l = trip = edge_ids = angles = pair_l = edge_row_l = None
+    dist_l = edge_ids = angles = pair_l = edge_row_l = None
     if not local_plex:
         ei_l = ptr_l = None
     else:
@@ -340,7 +366,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
                                            return_ptr=True, check_values=False)
             pairs_l = pair_rows(ei_l, n, symmetric=True)
         dist_l = edge_distance(pos, ei_l)
-        trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False)
+        if not bonds_local:  # (a bond plex came with its triplets)
+            trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False)
         edge_ids = torch.arange(ei_l.size(1), device=pos.device)
         pair_l, edge_row_l = pairs_l or (None, None)
         angles = merged_angle_lists(trip) if merge_angles else None

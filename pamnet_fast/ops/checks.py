@@ -204,3 +204,10 @@ def target_sorted_edges(op: str, edge_index: Tensor, num_nodes: int) -> None:
         raise ValueError(f"{op}: edge_index must be sorted by target (edge_index[1] non-decreasing); "
                          f"sort it, e.g. with torch_geometric.utils.sort_edge_index(edge_index, "
                          f"sort_by_row=False)")
+
+
+def triplet_sizes_match(op: str, sizes, two_hop: int, one_hop: int) -> None:
+    """The ``sizes`` a caller gave (the list lengths it counted) against the enumerated ones."""
+    if sizes is not None and [int(s) for s in sizes] != [two_hop, one_hop]:
+        raise ValueError(f"{op}: sizes says {[int(s) for s in sizes]} triplets (two-hop, one-hop), but "
+                         f"the edge list has [{two_hop}, {one_hop}]")

@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from . import reference, validate
+from . import checks, reference, validate
 
 NAMESPACE = "pamnet_fast"
 
@@ -33,8 +33,8 @@ SCHEMAS: Dict[str, str] = {
     "radius_graph": "radius_graph(Tensor pos, float r, Tensor? batch, bool loop, "
                     "int max_num_neighbors, bool truncate, bool check_values=True) -> (Tensor, Tensor)",
     "knn_graph": "knn_graph(Tensor pos, int k, Tensor? batch, float? r, bool loop) -> (Tensor, Tensor)",
-    "triplets": "triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True) "
-                "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "triplets": "triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True, "
+                "int[]? sizes=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "segment_gather_mul": "segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, "
                           "bool check_values=True) -> Tensor",
     "segment_gather_mul_backward": "segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, "
@@ -104,9 +104,11 @@ def _ref_knn_graph(pos, k, batch, r, loop):
     return reference.knn_graph(pos, k, None if batch is None else batch.long(), r, loop)
 
 
-def _ref_triplets(edge_index, num_nodes, include_self_pairs, check_values=True):
-    validate.triplets(edge_index, num_nodes, values=check_values)
-    return reference.triplets(edge_index, num_nodes, include_self_pairs)
+def _ref_triplets(edge_index, num_nodes, include_self_pairs, check_values=True, sizes=None):
+    validate.triplets(edge_index, num_nodes, values=check_values, sizes=sizes)
+    out = reference.triplets(edge_index, num_nodes, include_self_pairs)
+    checks.triplet_sizes_match("triplets", sizes, out[0].numel(), out[3].numel())
+    return out
 
 
 def _ref_segment_gather_mul(a, src, b, ptr, check_values=True):
@@ -176,9 +178,12 @@ def _fake_graph(pos, *args):
             pos.new_empty((pos.size(0) + 1,), dtype=torch.long))
 
 
-def _fake_triplets(edge_index, num_nodes, include_self_pairs, check_values=True):
-    ctx = torch.library.get_ctx()
-    t2, t1 = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+def _fake_triplets(edge_index, num_nodes, include_self_pairs, check_values=True, sizes=None):
+    if sizes is None:
+        ctx = torch.library.get_ctx()
+        t2, t1 = ctx.new_dynamic_size(), ctx.new_dynamic_size()
+    else:
+        t2, t1 = sizes
     e = edge_index.size(1)
     new = edge_index.new_empty
     return (new((t2,), dtype=torch.long), new((t2,), dtype=torch.long), new((e + 1,), dtype=torch.long),

@@ -1,8 +1,9 @@
 """Angle triplets of a local plex: two-hop (k -> j -> i) and one-hop (j2 -> i, j -> i) edge pairs."""
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 from . import checks, reference
@@ -24,7 +25,8 @@ class Triplets(NamedTuple):
 
 
 def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = False,
-             check_values: bool = True, _kernel=None) -> Triplets:
+             check_values: bool = True, sizes: Optional[Sequence[int]] = None, _kernel=None
+             ) -> Triplets:
     r"""Enumerate the angle triplets of a target-sorted edge list.
 
     two-hop: every pair of edges :math:`(k \to j, j \to i)` with :math:`k \ne i` (DimeNet's triplets);
@@ -38,11 +40,51 @@ def triplets(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = F
         num_nodes: number of nodes N.
         check_values: check that the indices are in range and sorted by target (one device read
             more on a GPU); ``False`` for edge lists built valid (radius graphs, checked bonds).
+        sizes: ``(two-hop, one-hop)`` list lengths when the caller knows them (from
+            :func:`triplet_sizes`, read with other counts): the GPU kernels then read nothing from
+            the device; a wrong count is a ``ValueError`` (checked with ``check_values``; trusted
+            without it on a GPU, where it can only cut the lists, never write past them).
     """
     checks.index("triplets", "edge_index", edge_index, dim=2)
     kernel = _kernel or _ops().triplets
+    sizes = None if sizes is None else [int(s) for s in sizes]
     return Triplets(*kernel(edge_index.long().contiguous(), num_nodes, include_self_pairs,
-                            bool(check_values)))
+                            bool(check_values), sizes))
+
+
+def triplet_sizes(edge_index: Tensor, num_nodes: int, *, include_self_pairs: bool = False,
+                  keep: Optional[Tensor] = None) -> Tensor:
+    r"""``[2]`` int64 on the device: the lengths of :func:`triplets`' two-hop and one-hop lists,
+    without enumerating them and without a host read (so they can be read with other counts).
+
+    With :math:`d_v` the in-degree of node :math:`v`: one-hop :math:`\sum_v d_v^2` minus :math:`E`
+    (the self pairs, unless ``include_self_pairs``); two-hop :math:`\sum_{(j 	o i)} d_j - m_{ij}`
+    with :math:`m_{ij}` the number of edges :math:`i 	o j` (the excluded :math:`k = i`; counted, so
+    duplicate edges count as in :func:`triplets`).
+
+    ``edge_index [2, E]`` sorted by target then source. ``keep [E]`` (bool): count only the kept
+    edges, which must come first (e.g. self-loops sorted last, to be cut once their number is read).
+    Indices out of range give a meaningless count, never an out-of-bounds access (the bond checks
+    that read with it report them).
+    """
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    E = src.numel()
+    if E == 0 or num_nodes == 0:
+        return torch.zeros(2, dtype=torch.long, device=edge_index.device)
+    key = dst * num_nodes + src
+    if keep is not None:
+        key = torch.where(keep, key, torch.iinfo(key.dtype).max)
+    nodes = torch.arange(num_nodes + 1, device=key.device)
+    ptr = torch.searchsorted(key, nodes * num_nodes)  # ptr[v] = kept edges with target < v
+    deg = ptr[1:] - ptr[:-1]
+    kept = ptr[-1]
+    reverse = src * num_nodes + dst  # key of i -> j for the edge j -> i
+    multiplicity = (torch.searchsorted(key, reverse, right=True) - torch.searchsorted(key, reverse))
+    partners = deg.index_select(0, src.clamp(0, num_nodes - 1)) - multiplicity
+    if keep is not None:
+        partners = torch.where(keep, partners, 0)
+    one_hop = (deg * deg).sum() - (0 if include_self_pairs else kept)
+    return torch.stack([partners.sum(), one_hop])
 
 
 def triplet_angles(pos: Tensor, edge_index: Tensor, trip: Triplets, *, supplement: bool = False

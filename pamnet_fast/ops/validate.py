@@ -46,14 +46,19 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float]) 
     _position_values(op, pos, batch)
 
 
-def triplets(edge_index: Tensor, num_nodes: int, *, values: bool = True) -> None:
-    """``values=False`` leaves out the checks of values (indices in range, sorted by target)."""
+def triplets(edge_index: Tensor, num_nodes: int, *, values: bool = True, sizes=None) -> None:
+    """``values=False`` leaves out the checks of values (indices in range, sorted by target);
+    ``sizes``, when given, must be two non-negative ints (whether they are right is checked by the
+    kernels, which count the triplets anyway)."""
     op = "triplets"
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
         raise ValueError(f"{op}: num_nodes must be a non-negative int, got {num_nodes!r}")
     checks.index(op, "edge_index", edge_index, dim=2)
     if edge_index.size(0) != 2:
         raise ValueError(f"{op}: edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+    if sizes is not None and (len(sizes) != 2 or any(int(s) < 0 for s in sizes)):
+        raise ValueError(f"{op}: sizes must be two non-negative ints (two-hop, one-hop), got "
+                         f"{list(sizes)}")
     if values and edge_index.numel():
         checks.not_capturing(op, edge_index)
         lo, hi = torch.aminmax(edge_index)

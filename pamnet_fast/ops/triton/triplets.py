@@ -29,7 +29,7 @@ BLOCK_K = 32
 
 @triton.jit
 def _triplet_kernel(src_ptr, dst_ptr, node_ptr_ptr, count_ptr, offset_ptr, out_other_ptr, out_recv_ptr,
-                    num_edges, TWO_HOP: tl.constexpr, KEEP_SELF: tl.constexpr, FILL: tl.constexpr,
+                    num_edges, total, TWO_HOP: tl.constexpr, KEEP_SELF: tl.constexpr, FILL: tl.constexpr,
                     BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     e = pid.to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -60,8 +60,10 @@ def _triplet_kernel(src_ptr, dst_ptr, node_ptr_ptr, count_ptr, offset_ptr, out_o
         keep64 = keep.to(tl.int64)
         if FILL:
             out = base[:, None] + count[:, None] + tl.cumsum(keep64, axis=1) - 1
-            tl.store(out_other_ptr + out, other, mask=keep)
-            tl.store(out_recv_ptr + out, tl.broadcast_to(e[:, None], [BLOCK_E, BLOCK_K]), mask=keep)
+            # `total` may be a caller's count (sizes=...): never write past the buffers
+            inside = keep & (out < total)
+            tl.store(out_other_ptr + out, other, mask=inside)
+            tl.store(out_recv_ptr + out, tl.broadcast_to(e[:, None], [BLOCK_E, BLOCK_K]), mask=inside)
         count += tl.sum(keep64, axis=1)
     if not FILL:
         tl.store(count_ptr + e, count, mask=emask)
@@ -85,7 +87,7 @@ def _launch(src, dst, node_ptr, counts, two_hop: bool, keep_self: bool, total: i
         if num_edges == 0:
             return count_buf
     grid = (triton.cdiv(num_edges, BLOCK_E),)
-    _triplet_kernel[grid](src, dst, node_ptr, count_buf, offsets, other, recv, num_edges,
+    _triplet_kernel[grid](src, dst, node_ptr, count_buf, offsets, other, recv, num_edges, total,
                           TWO_HOP=two_hop, KEEP_SELF=keep_self, FILL=fill,
                           BLOCK_E=BLOCK_E, BLOCK_K=BLOCK_K, **LAUNCH)
     return (other, recv) if fill else count_buf
@@ -98,12 +100,16 @@ def _pointer(counts: Tensor) -> Tensor:
 
 
 def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool,
-             check_values: bool = True):
+             check_values: bool = True, sizes=None):
     """Schema kernel of ``pamnet_fast::triplets``: ``(two_hop_kj, two_hop_ji, two_hop_ptr,
     one_hop_j2i, one_hop_ji, one_hop_ptr)``, all int64. One host read (both list sizes), and one
-    more for the value checks with ``check_values``."""
-    validate.triplets(edge_index, num_nodes, values=check_values)
-    checks.not_capturing("triplets", edge_index, "sizing the triplet lists")
+    more for the value checks with ``check_values``. ``sizes`` (the two list sizes, counted by the
+    caller, e.g. :func:`pamnet_fast.ops.triplet_sizes` read with other counts): no read of its own;
+    with ``check_values`` they are verified (one read), else trusted (the kernel still never writes
+    past them)."""
+    validate.triplets(edge_index, num_nodes, values=check_values, sizes=sizes)
+    if sizes is None or check_values:
+        checks.not_capturing("triplets", edge_index, "sizing the triplet lists")
     src = edge_index[0].to(torch.int64).contiguous()
     dst = edge_index[1].to(torch.int64).contiguous()
     # CSR of the sorted targets by binary search: bincount would read its size from the device
@@ -113,7 +119,11 @@ def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool,
     two_counts = _launch(src, dst, node_ptr, None, True, False)
     one_counts = deg[dst] - (0 if include_self_pairs else 1)
     two_ptr, one_ptr = _pointer(two_counts), _pointer(one_counts)
-    two_total, one_total = torch.stack([two_ptr[-1], one_ptr[-1]]).tolist()  # the one host read
+    if sizes is None or check_values:
+        two_total, one_total = torch.stack([two_ptr[-1], one_ptr[-1]]).tolist()  # the one host read
+        checks.triplet_sizes_match("triplets", sizes, two_total, one_total)
+    else:
+        two_total, one_total = (int(s) for s in sizes)
     kj, ji = _launch(src, dst, node_ptr, two_counts, True, False, two_total)
     j2i, ji1 = _launch(src, dst, node_ptr, one_counts, False, bool(include_self_pairs), one_total)
     return kj, ji, two_ptr, j2i, ji1, one_ptr
