@@ -391,7 +391,8 @@ class PAMNetS(_PAMNetBase):
         self.mlp_sbf = MLP([n_sbf, d])
 
     def _sbf(self, pos: Tensor, g: Graphs):
-        _, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat)
+        _, one = ops.triplet_angles(pos, g.edge_index_l, g.trip, supplement=self.config.reference_compat,
+                                    two_hop=False)
         return self.mlp_sbf(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
