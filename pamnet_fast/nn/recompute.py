@@ -61,6 +61,9 @@ def maybe_checkpoint(module: nn.Module, fn: Callable, *args):
     :func:`wants_checkpoint`. ``args`` may hold ``None`` and index tensors."""
     if not wants_checkpoint(module, *args):
         return fn(*args)
+    # The blocks draw no random numbers: saving and restoring the RNG states (CPU and every CUDA
+    # device, per block) would be host time for nothing.
     if torch.compiler.is_compiling():  # compiled: aten dense layers in both passes already
-        return checkpoint(fn, *args, use_reentrant=False)
-    return checkpoint(fn, *args, use_reentrant=False, context_fn=same_dense_backend)
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False,
+                      context_fn=same_dense_backend)
