@@ -179,8 +179,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return out;
 }
 
+// A transposed CSR of an index (ops.transposed_csr) serves the GPU kernels' backward; the CPU
+// kernels transpose on the fly (a counting sort), so here its shape is only checked.
+static void check_transpose(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                            int64_t entries, int64_t rows) {
+  if (!t) return;
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
+                   t->scalar_type());
+  TORCH_CHECK_VALUE(t->dim() == 1 && t->numel() == 2 * entries + rows + 1, op, ": ", name,
+                    " must have 2 * ", entries, " + ", rows, " + 1 entries (ops.transposed_csr), got "
+                    "shape ", t->sizes());
+}
+
 at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const at::Tensor& b,
-                              const at::Tensor& ptr, bool check_values) {
+                              const at::Tensor& ptr, bool check_values,
+                              const std::optional<at::Tensor>& src_transpose) {
   const char* op = "segment_gather_mul";
   check_float(op, "a", a, 2);
   check_float(op, "b", b, 2);
@@ -190,6 +203,7 @@ at::Tensor segment_gather_mul(const at::Tensor& a, const at::Tensor& src, const 
   check_rows(op, "src", s, b.size(0), "the number of rows of b");
   auto p = check_csr(op, "ptr", ptr, b.size(0), check_values);
   if (check_values) check_range(op, "src", s, a.size(0));
+  check_transpose(op, "src_transpose", src_transpose, s.numel(), a.size(0));
   return cpu::segment_gather_mul_kernel(a.contiguous(), s, b.contiguous(), p);
 }
 
@@ -198,7 +212,8 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
                                                                const at::Tensor& src,
                                                                const at::Tensor& b,
                                                                const at::Tensor& ptr, bool need_a,
-                                                               bool need_b) {
+                                                               bool need_b,
+                                                               const std::optional<at::Tensor>&) {
   // Called by autograd with the forward's (already checked) inputs.
   const char* op = "segment_gather_mul_backward";
   check_float(op, "grad_out", grad_out, 2);
@@ -213,7 +228,9 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
 
 at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
                               const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-                              const std::optional<at::Tensor>& edge_row, bool check_values) {
+                              const std::optional<at::Tensor>& edge_row, bool check_values,
+                              const std::optional<at::Tensor>& src_transpose,
+                              const std::optional<at::Tensor>& row_transpose) {
   const char* op = "fused_edge_message";
   check_float(op, "p", p, 2);
   check_float(op, "q", q, 2);
@@ -239,6 +256,8 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
   auto pt = check_csr(op, "ptr", ptr, E, check_values);
   check_rows(op, "p", p, pt.numel() - 1, "the number of targets (len(ptr) - 1)");
   if (check_values) check_range(op, "src", sr, q.size(0));
+  check_transpose(op, "src_transpose", src_transpose, E, q.size(0));
+  check_transpose(op, "row_transpose", row_transpose, E, r.size(0));
   return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
                                         pt, sr, er);
 }
@@ -246,7 +265,8 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask) {
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
   const char* op = "fused_edge_message_backward";
   check_float(op, "grad_out", grad_out, 2);
   TORCH_CHECK_VALUE(grad_out.sizes() == p.sizes(), op, ": grad_out has shape ", grad_out.sizes(),

@@ -19,13 +19,16 @@ TORCH_LIBRARY(pamnet_fast, m) {
   m.def("knn_graph(Tensor pos, int k, Tensor? batch, float? r, bool loop) -> (Tensor, Tensor)");
   m.def("triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True, "
         "int[]? sizes=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, bool check_values=True) -> Tensor");
+  m.def("segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, bool check_values=True, "
+        "Tensor? src_transpose=None) -> Tensor");
   m.def("segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, Tensor b, Tensor ptr, "
-        "bool need_a, bool need_b) -> (Tensor, Tensor)");
+        "bool need_a, bool need_b, Tensor? src_transpose=None) -> (Tensor, Tensor)");
   m.def("fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src, "
-        "Tensor? edge_row=None, bool check_values=True) -> Tensor");
+        "Tensor? edge_row=None, bool check_values=True, Tensor? src_transpose=None, "
+        "Tensor? row_transpose=None) -> Tensor");
   m.def("fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, Tensor s, "
-        "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask, Tensor? src_transpose=None, "
+        "Tensor? row_transpose=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
         "bool check_values=True) -> Tensor");
   m.def("bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, float cutoff, "

@@ -247,3 +247,32 @@ def test_protein_ligand_head_reads_no_sample_count():
             out = head(batch, graphs)
         assert counter.syncs == [] and out.shape == (2, 1)
         assert torch.equal(out, head(batch))
+
+
+def test_transposes_built_once_per_batch(monkeypatch):
+    """``build_graphs(transposes=True)``: the transposed CSRs of every gather index of both plexes
+    (what the GPU backward would sort in each layer). The model passes each to its op: on the CPU
+    the C++ kernels check their sizes, so a transpose given to the wrong argument fails, and the
+    gradients are those without them."""
+    data = Batch.from_data_list(qm9_molecules(6))
+    for cls in (PAMNet, PAMNetS):
+        torch.manual_seed(0)
+        model = cls(PAMNetConfig.qm9(dim=16, n_layer=2)).double()
+        assert not cls.backward_transposes(data.pos)  # the CPU kernels transpose on the fly
+        g = build_graphs(model.config, data.pos, data.batch, data.edge_index, transposes=True,
+                         merge_angles=cls is PAMNet)
+        n = data.num_nodes
+        tg, tl = g.transposes_g, g.transposes_l
+        assert torch.equal(tg.src, ops.transposed_csr(g.edge_index_g[0], n, g.ptr_g))
+        assert torch.equal(tg.row, ops.transposed_csr(g.edge_row_g, g.pair_g.numel(), g.ptr_g))
+        assert torch.equal(tl.row, ops.transposed_csr(g.edge_row_l, g.pair_l.numel(), g.ptr_l))
+        sending, ptr = ((g.angles.src, g.angles.ptr) if cls is PAMNet
+                        else (g.trip.one_hop_j2i, g.trip.one_hop_ptr))
+        assert torch.equal(tl.angles, ops.transposed_csr(sending, g.edge_index_l.size(1), ptr))
+        grads = []
+        for transposes in (False, True):
+            monkeypatch.setattr(cls, "backward_transposes", staticmethod(lambda pos, t=transposes: t))
+            model.zero_grad()
+            model(data).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert all(torch.equal(a, b) for a, b in zip(*grads))

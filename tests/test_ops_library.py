@@ -54,6 +54,15 @@ def _samples():
         "fused_edge_message_shared_rows": tuple(torch.randn(n, 4, dtype=torch.float64, **rg)
                                                 for n in (20, 20, 5, 5))
                                           + (ptr, ei[0], torch.arange(e) % 5),
+        # the backward's transposed CSRs, built once (ops.transposed_csr)
+        "fused_edge_message_with_transposes": tuple(torch.randn(n, 4, dtype=torch.float64, **rg)
+                                                    for n in (20, 20, 5, 5))
+                                              + (ptr, ei[0], torch.arange(e) % 5, True,
+                                                 ops.transposed_csr(ei[0], 20, ptr),
+                                                 ops.transposed_csr(torch.arange(e) % 5, 5, ptr)),
+        "segment_gather_mul_with_transpose": (torch.randn(5, 3, dtype=torch.float64, **rg), src,
+                                              torch.randn(20, 3, dtype=torch.float64, **rg), sptr, True,
+                                              ops.transposed_csr(src, 5, sptr)),
         "bessel_basis": (d.clone().requires_grad_(), torch.arange(1.0, 5.0, dtype=torch.float64,
                                                                     **rg), 5.0, 5),
         "spherical_basis": (d.clone().requires_grad_(), ang.clone().requires_grad_(),
@@ -61,10 +70,11 @@ def _samples():
     }
 
 
-@pytest.mark.parametrize("name", library.FORWARD_OPS + ("fused_edge_message_shared_rows",
-                                                      "triplets_with_sizes"))
+@pytest.mark.parametrize("name", library.FORWARD_OPS + (
+    "fused_edge_message_shared_rows", "fused_edge_message_with_transposes",
+    "segment_gather_mul_with_transpose", "triplets_with_sizes"))
 def test_opcheck(name):
-    op = getattr(torch.ops.pamnet_fast, name.replace("_shared_rows", "").replace("_with_sizes", ""))
+    op = getattr(torch.ops.pamnet_fast, next(n for n in library.FORWARD_OPS if name.startswith(n)))
     args = _samples()[name]
     tests = ["test_schema", "test_autograd_registration", "test_faketensor"]
     if name not in ("radius_graph", "knn_graph", "triplets"):

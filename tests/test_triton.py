@@ -535,6 +535,45 @@ def test_segment_gather_mul(dtype, index_dtype):
             _close(x, y)
 
 
+def _op_names(fn, *args):
+    from pamnet_fast.host_syncs import HostSyncCounter
+    with HostSyncCounter() as counter:
+        out = fn(*args)
+    return out, counter.op_names
+
+
+def test_backward_with_transposes_built_once(monkeypatch):
+    """The message ops' backward given the transposed CSRs (``ops.transposed_csr``, built once per
+    batch by the models) gives the same bits as the one that builds them, without sorting."""
+    from pamnet_fast import ops
+    _interpreter_outside_modes(monkeypatch)
+    ptr, src = _csr(40, 9, 25, 6)
+    e = src.numel()
+    a, b = _randn(25, 12, dtype=torch.float32, seed=7), _randn(e, 12, dtype=torch.float32, seed=8)
+    g = _randn(40, 12, dtype=torch.float32, seed=9)
+    ptr, src, a, b, g = (t.to(DEV) for t in (ptr, src, a, b, g))
+    t_src = ops.transposed_csr(src, 25, ptr)
+    bwd = KERNELS["segment_gather_mul_backward"]
+    want, names = _op_names(bwd, g, a, src, b, ptr, True, True)
+    assert "sort" in names
+    got, names = _op_names(bwd, g, a, src, b, ptr, True, True, t_src)
+    assert "sort" not in names and all(torch.equal(x, y) for x, y in zip(got, want))
+    # fused_edge_message: q's rows (src) and the shared rows of r and s (edge_row)
+    p, q = _randn(40, 12, dtype=torch.float32, seed=10).to(DEV), a
+    row = (torch.arange(e, device=DEV) * 7) % 11
+    r, s_ = _randn(11, 12, dtype=torch.float32, seed=11).to(DEV), _randn(11, 12, dtype=torch.float32, seed=12).to(DEV)
+    t_row = ops.transposed_csr(row, 11, ptr)
+    bwd = KERNELS["fused_edge_message_backward"]
+    want, names = _op_names(bwd, g, p, q, r, s_, ptr, src, row, [True] * 4)
+    assert names.count("sort") == 2
+    got, names = _op_names(bwd, g, p, q, r, s_, ptr, src, row, [True] * 4, t_src, t_row)
+    assert "sort" not in names and all(torch.equal(x, y) for x, y in zip(got, want))
+    _close(got[1], REF["fused_edge_message_backward"](g.cpu(), p.cpu(), q.cpu(), r.cpu(), s_.cpu(),
+                                                      ptr.cpu(), src.cpu(), row.cpu(), [True] * 4)[1])
+    with pytest.raises(ValueError, match="src_transpose must have 2 \\* "):
+        KERNELS["fused_edge_message"](p, q, r, s_, ptr, src, row, False, t_src[:-1], t_row)
+
+
 def test_segment_gather_mul_wide_features_and_determinism():
     ptr, src = _csr(5, 20, 4, 10)  # few sources: long transposed segments
     a, b = _randn(4, 150, dtype=torch.float32, seed=11), _randn(src.numel(), 150, dtype=torch.float32, seed=12)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from .dense import MLP, Linear
+from .graphs import PlexTransposes
 from .recompute import maybe_checkpoint
 
 
@@ -122,9 +123,9 @@ class GlobalMessagePassing(PlexLayer):
         self.reset_parameters()
 
     def forward(self, x: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
-                edge_row: Optional[Tensor] = None):
+                edge_row: Optional[Tensor] = None, transposes: Optional[PlexTransposes] = None):
         h, p, q = self.node_terms(x)
-        h = h + self.edge_sum(p, q, edge_attr, src, ptr, edge_row)
+        h = h + self.edge_sum(p, q, edge_attr, src, ptr, edge_row, transposes)
         return self.update_and_output(h, x)
 
     def node_terms(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -135,9 +136,14 @@ class GlobalMessagePassing(PlexLayer):
         return h, ops.linear(h, w_i, lin.bias), ops.linear(h, w_j)
 
     def edge_sum(self, p: Tensor, q: Tensor, edge_attr: Tensor, src: Tensor, ptr: Tensor,
-                 edge_row: Optional[Tensor] = None) -> Tensor:
+                 edge_row: Optional[Tensor] = None, transposes: Optional[PlexTransposes] = None
+                 ) -> Tensor:
         """:math:`m_i` ``[len(ptr) - 1, F]`` for the targets of ``ptr`` (``p`` their rows; ``q`` all
-        sources): a block of targets gives its rows of the full sum (the streamed global plex)."""
+        sources): a block of targets gives its rows of the full sum (the streamed global plex).
+        ``transposes``: of this very ``src``/``edge_row``/``ptr`` (the backward's, built once)."""
         r = ops.linear(edge_attr, split_message_weight(self.mlp_m[0][0], self.dim)[2])
         s = self.W_edge_attr(edge_attr)
-        return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row, check_values=False)
+        t = transposes
+        return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row, check_values=False,
+                                      src_transpose=None if t is None else t.src,
+                                      row_transpose=None if t is None or edge_row is None else t.row)

@@ -39,6 +39,17 @@ def merged_angle_lists(trip: ops.Triplets) -> AngleLists:
     return AngleLists(src, trip.two_hop_ptr + trip.one_hop_ptr, order)
 
 
+class PlexTransposes(NamedTuple):
+    """Transposed CSRs of a plex's gather indices (:func:`pamnet_fast.ops.transposed_csr`), built
+    once per batch for the backward of every layer's message ops (on the GPU each would otherwise
+    sort its index in every backward). ``src``: of the edge sources; ``row``: of the edge terms'
+    rows (``edge_row``, or every edge its own row); ``angles``: of the sending edges of the angle
+    triplets (local plex; PAMNet's merged lists, PAMNet-s's one-hop list)."""
+    src: Tensor
+    row: Tensor
+    angles: Optional[Tensor] = None
+
+
 class Graphs(NamedTuple):
     """The two plexes of a batch, edges target-sorted with CSR pointers, and the local triplets.
 
@@ -59,6 +70,8 @@ class Graphs(NamedTuple):
     batch: Optional[Tensor] = None       # [N] graph of each node
     num_graphs: Optional[int] = None
     angles: Optional[AngleLists] = None  # both triplet lists merged (PAMNet's local layers)
+    transposes_g: Optional[PlexTransposes] = None  # for the backward (build_graphs(transposes=True))
+    transposes_l: Optional[PlexTransposes] = None
 
 
 class InputCheck(NamedTuple):
@@ -289,7 +302,7 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int,
 def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
                  global_plex: bool = True, num_graphs: Optional[int] = None,
                  checks: Sequence[InputCheck] = (), merge_angles: bool = True,
-                 local_plex: bool = True) -> Graphs:
+                 local_plex: bool = True, transposes: bool = False) -> Graphs:
     """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
     (graphs never interact).
 
@@ -308,7 +321,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     (:class:`InputCheck`) read in the same host read as the graph sizes (or alone, when no size
     needs reading: radius plexes). ``merge_angles``: also the :class:`AngleLists` (PAMNet; PAMNet-s
     uses the one-hop list only). ``local_plex=False``: the local fields are ``None`` (the global
-    plex alone).
+    plex alone). ``transposes``: also the :class:`PlexTransposes` of both plexes (for a backward on
+    the GPU kernels; sync-free).
 
     Host reads: the input checks (with finite ``pos``, sorted ``batch`` and bonds in range) in one,
     riding on a bond list's sizes and, for a bond plex, its triplet sizes; then one per neighbor
@@ -376,5 +390,21 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     elif num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     pair_g, edge_row_g = pairs_g or (None, None)
+    t_g = t_l = None
+    if transposes and global_plex:
+        t_g = _plex_transposes(ei_g, ptr_g, n, edge_row_g, None if pair_g is None else pair_g.numel())
+    if transposes and local_plex:
+        sending, angle_ptr = ((angles.src, angles.ptr) if angles is not None else
+                              (trip.one_hop_j2i, trip.one_hop_ptr))
+        t_l = _plex_transposes(ei_l, ptr_l, n, edge_row_l, None if pair_l is None else pair_l.numel(),
+                               ops.transposed_csr(sending, ei_l.size(1), angle_ptr))
     return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
-                  pair_l, edge_row_l, batch.long(), num_graphs, angles)
+                  pair_l, edge_row_l, batch.long(), num_graphs, angles, t_g, t_l)
+
+
+def _plex_transposes(edge_index: Tensor, ptr: Tensor, num_nodes: int, edge_row: Optional[Tensor],
+                     num_rows: Optional[int], angles: Optional[Tensor] = None) -> PlexTransposes:
+    rows = edge_row if edge_row is not None else torch.arange(edge_index.size(1), device=ptr.device)
+    return PlexTransposes(ops.transposed_csr(edge_index[0], num_nodes, ptr),
+                          ops.transposed_csr(rows, num_rows if edge_row is not None
+                                             else edge_index.size(1), ptr), angles)

@@ -14,6 +14,7 @@ from .. import ops
 from ..ops import Triplets
 from .dense import MLP, Linear
 from .global_mp import PlexLayer, split_message_weight
+from .graphs import PlexTransposes
 from .recompute import maybe_checkpoint
 
 
@@ -35,7 +36,7 @@ def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Te
 
 def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
               src: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor],
-              dim: int) -> Tensor:
+              dim: int, transposes: Optional[PlexTransposes] = None) -> Tensor:
     r""":math:`\sum_{j} g_{ji} \odot (\mathrm{SiLU}(W[h_i\|h_j\|e_{ji}] + b) + m^{other}_{ji})`, fused;
     ``edge_attr`` and ``gate`` have one row per edge (``edge_ids = arange(E)``) or per ``edge_row``
     entry."""
@@ -43,13 +44,17 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
     w_i, w_j, w_e = split_message_weight(lin_ji, dim)
     p = ops.linear(h, w_i, lin_ji.bias)
     q = ops.linear(h, w_j)
+    t_src, t_row = (None, None) if transposes is None else transposes[:2]
     out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row,
-                                 check_values=False)
-    return out + ops.segment_gather_mul(gate, rows, m_other, ptr, check_values=False)
+                                 check_values=False, src_transpose=t_src,
+                                 row_transpose=None if edge_row is None else t_row)
+    return out + ops.segment_gather_mul(gate, rows, m_other, ptr, check_values=False,
+                                        src_transpose=t_row)
 
 
 def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr: Tensor,
-              edge_ids: Tensor, edge_row: Optional[Tensor], angle_sum: Callable[[Tensor], Tensor]):
+              edge_ids: Tensor, edge_row: Optional[Tensor], angle_sum: Callable[[Tensor], Tensor],
+              transposes: Optional[PlexTransposes] = None):
     """One local layer given ``angle_sum(m_nb) -> [E, F]``, the triplet part of :math:`m_{ji}` (computed
     at once, or block by block over the receiving edges by :mod:`pamnet_fast.nn.stream`)."""
     src, dst = edge_index[0], edge_index[1]
@@ -58,7 +63,7 @@ def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr:
     m_other = angle_sum(m_nb)
     gate = layer.lin_rbf_out(rbf)
     h = h + _node_sum(layer.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
-                      layer.dim)
+                      layer.dim, transposes)
     return layer.update_and_output(h, x)
 
 
@@ -102,21 +107,26 @@ class LocalMessagePassing(PlexLayer):
                 * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
-                ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
+                ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None,
+                transposes: Optional[PlexTransposes] = None):
+        """``transposes`` (:class:`~pamnet_fast.nn.graphs.PlexTransposes`, for the backward): their
+        ``angles`` are not used here (two lists)."""
         def angle_sum(m_nb):
             return self.angle_sum(m_nb, sbf2, trip.two_hop_kj, trip.two_hop_ptr, sbf1, trip.one_hop_j2i,
                                   trip.one_hop_ptr)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
 
     def forward_merged(self, x: Tensor, rbf: Tensor, sbf: Tensor, angle_src: Tensor, angle_ptr: Tensor,
-                       edge_index: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
+                       edge_index: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor] = None,
+                       transposes: Optional[PlexTransposes] = None):
         """:meth:`forward` with both triplet lists merged per receiving edge
         (:class:`~pamnet_fast.nn.graphs.AngleLists`): ``sbf [T2 + T1, F]`` in that order. The two
         angle sums are then one MLP pass and one gather-multiply-scatter (same sums, other order)."""
         def angle_sum(m_nb):
             a = maybe_checkpoint(self, self.mlp_sbf, sbf)
-            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr, check_values=False)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr, check_values=False,
+                                          src_transpose=None if transposes is None else transposes.angles)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
 
     def angle_sum(self, m_nb: Tensor, sbf2: Tensor, two_hop_kj: Tensor, two_hop_ptr: Tensor,
                   sbf1: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
@@ -154,12 +164,16 @@ class LocalMessagePassingS(PlexLayer):
                 * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
-                trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None):
+                trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None,
+                transposes: Optional[PlexTransposes] = None):
         def angle_sum(m_nb):
-            return self.angle_sum(m_nb, sbf, trip.one_hop_j2i, trip.one_hop_ptr)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum)
+            return self.angle_sum(m_nb, sbf, trip.one_hop_j2i, trip.one_hop_ptr,
+                                  None if transposes is None else transposes.angles)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
 
-    def angle_sum(self, m_nb: Tensor, sbf: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
+    def angle_sum(self, m_nb: Tensor, sbf: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor,
+                  angles_transpose: Optional[Tensor] = None) -> Tensor:
         """The one-hop triplet sum of :math:`m_{ji}` for the receiving edges of ``one_hop_ptr``."""
         a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
-        return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False)
+        return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False,
+                                      src_transpose=angles_transpose)

@@ -240,7 +240,16 @@ class _PAMNetBase(nn.Module):
                             num_graphs=num_graphs if isinstance(num_graphs, int) else None,
                             checks=() if check is None else (check,),
                             merge_angles=self.local_cls is LocalMessagePassing,
-                            local_plex=self.config.local_plex)
+                            local_plex=self.config.local_plex,
+                            transposes=self.backward_transposes(data.pos))
+
+    @staticmethod
+    def backward_transposes(pos: Tensor) -> bool:
+        """Whether :meth:`build_graphs` builds the transposed CSRs of the message ops' backward once
+        per batch (:class:`~pamnet_fast.nn.graphs.PlexTransposes`): when a backward may follow
+        (autograd records) on the GPU kernels, which would sort an index in each op's backward; the
+        CPU kernels transpose on the fly (a counting sort) and ignore them."""
+        return torch.is_grad_enabled() and pos.device.type != "cpu"
 
     # -- memory budget (streamed global plex, pamnet_fast.nn.stream) ----------------------------
     @property
@@ -304,7 +313,7 @@ class _PAMNetBase(nn.Module):
         outs_g, outs_l, atts_g, atts_l, z_g, z_l = [], [], [], [], [], []
         src_g = g.edge_index_g[0]
         for t, glob in enumerate(self.global_layer):
-            x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g, g.edge_row_g)
+            x, o, a, z = glob(x, rbf_g, src_g, g.ptr_g, g.edge_row_g, g.transposes_g)
             outs_g.append(o), atts_g.append(a)
             if keep_features:
                 z_g.append(z)
@@ -380,7 +389,7 @@ class PAMNet(_PAMNetBase):
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
         sbf, angles = sbf
         return layer.forward_merged(x, rbf_l, sbf, angles.src, angles.ptr, g.edge_index_l, g.ptr_l,
-                                    g.edge_ids_l, g.edge_row_l)
+                                    g.edge_ids_l, g.edge_row_l, g.transposes_l)
 
 
 class PAMNetS(_PAMNetBase):
@@ -396,4 +405,5 @@ class PAMNetS(_PAMNetBase):
         return self.mlp_sbf(self.sbf(g.dist_l, one, g.trip.one_hop_j2i))
 
     def _local(self, layer, x, rbf_l, sbf, g: Graphs):
-        return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l)
+        return layer(x, rbf_l, sbf, g.edge_index_l, g.ptr_l, g.trip, g.edge_ids_l, g.edge_row_l,
+                     g.transposes_l)

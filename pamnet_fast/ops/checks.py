@@ -211,3 +211,16 @@ def triplet_sizes_match(op: str, sizes, two_hop: int, one_hop: int) -> None:
     if sizes is not None and [int(s) for s in sizes] != [two_hop, one_hop]:
         raise ValueError(f"{op}: sizes says {[int(s) for s in sizes]} triplets (two-hop, one-hop), but "
                          f"the edge list has [{two_hop}, {one_hop}]")
+
+
+def transpose(op: str, name: str, t, entries: int, rows: int) -> None:
+    """A transposed CSR (:func:`pamnet_fast.ops.transposed_csr`) of ``entries`` indices into ``rows``
+    rows: int64 ``[2 * entries + rows + 1]`` (its values are trusted: it is built, not given)."""
+    if t is None:
+        return
+    tensor(op, name, t, dim=1)
+    if t.dtype != torch.int64:
+        raise TypeError(f"{op}: {name} must be int64, got {t.dtype}")
+    if t.numel() != 2 * entries + rows + 1:
+        raise ValueError(f"{op}: {name} must have 2 * {entries} + {rows} + 1 entries "
+                         f"(ops.transposed_csr), got shape {tuple(t.shape)}")

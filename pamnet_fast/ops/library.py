@@ -36,14 +36,17 @@ SCHEMAS: Dict[str, str] = {
     "triplets": "triplets(Tensor edge_index, int num_nodes, bool include_self_pairs, bool check_values=True, "
                 "int[]? sizes=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
     "segment_gather_mul": "segment_gather_mul(Tensor a, Tensor src, Tensor b, Tensor ptr, "
-                          "bool check_values=True) -> Tensor",
+                          "bool check_values=True, Tensor? src_transpose=None) -> Tensor",
     "segment_gather_mul_backward": "segment_gather_mul_backward(Tensor grad_out, Tensor a, Tensor src, "
-                                   "Tensor b, Tensor ptr, bool need_a, bool need_b) -> (Tensor, Tensor)",
+                                   "Tensor b, Tensor ptr, bool need_a, bool need_b, "
+                                   "Tensor? src_transpose=None) -> (Tensor, Tensor)",
     "fused_edge_message": "fused_edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, "
-                          "Tensor src, Tensor? edge_row=None, bool check_values=True) -> Tensor",
+                          "Tensor src, Tensor? edge_row=None, bool check_values=True, "
+                          "Tensor? src_transpose=None, Tensor? row_transpose=None) -> Tensor",
     "fused_edge_message_backward": "fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, "
                                    "Tensor r, Tensor s, Tensor ptr, Tensor src, Tensor? edge_row, "
-                                   "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)",
+                                   "bool[4] output_mask, Tensor? src_transpose=None, "
+                                   "Tensor? row_transpose=None) -> (Tensor, Tensor, Tensor, Tensor)",
     "bessel_basis": "bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
                     "bool check_values=True) -> Tensor",
     "bessel_basis_backward": "bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, "
@@ -111,23 +114,26 @@ def _ref_triplets(edge_index, num_nodes, include_self_pairs, check_values=True, 
     return out
 
 
-def _ref_segment_gather_mul(a, src, b, ptr, check_values=True):
-    validate.segment_gather_mul(a, src, b, ptr, values=check_values)
+def _ref_segment_gather_mul(a, src, b, ptr, check_values=True, src_transpose=None):
+    validate.segment_gather_mul(a, src, b, ptr, values=check_values, src_transpose=src_transpose)
     return reference.segment_gather_mul(a, src.long(), b, ptr.long())
 
 
-def _ref_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
+def _ref_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b, src_transpose=None):
     ga, _, gb, _ = _grad_of(lambda a_, s_, b_, p_: reference.segment_gather_mul(a_, s_, b_, p_),
                             (a, src.long(), b, ptr.long()), grad_out, (need_a, False, need_b, False))
     return ga, gb
 
 
-def _ref_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True):
-    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, values=check_values)
+def _ref_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True, src_transpose=None,
+                            row_transpose=None):
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, values=check_values,
+                                src_transpose=src_transpose, row_transpose=row_transpose)
     return reference.fused_edge_message(p, q, r, s, ptr.long(), src.long(), edge_row)
 
 
-def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask):
+def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask,
+                                     src_transpose=None, row_transpose=None):
     grads = _grad_of(lambda p_, q_, r_, s_: reference.fused_edge_message(p_, q_, r_, s_, ptr.long(),
                                                                          src.long(), edge_row),
                      (p, q, r, s), grad_out, tuple(output_mask))
@@ -190,20 +196,22 @@ def _fake_triplets(edge_index, num_nodes, include_self_pairs, check_values=True,
             new((t1,), dtype=torch.long), new((t1,), dtype=torch.long), new((e + 1,), dtype=torch.long))
 
 
-def _fake_segment_gather_mul(a, src, b, ptr, check_values=True):
+def _fake_segment_gather_mul(a, src, b, ptr, check_values=True, src_transpose=None):
     return a.new_empty((ptr.size(0) - 1, a.size(1)))
 
 
-def _fake_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b):
+def _fake_segment_gather_mul_backward(grad_out, a, src, b, ptr, need_a, need_b, src_transpose=None):
     return (torch.empty_like(a) if need_a else a.new_empty(0),
             torch.empty_like(b) if need_b else b.new_empty(0))
 
 
-def _fake_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True):
+def _fake_fused_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True, src_transpose=None,
+                             row_transpose=None):
     return p.new_empty((ptr.size(0) - 1, p.size(1)))
 
 
-def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask):
+def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask,
+                                      src_transpose=None, row_transpose=None):
     return tuple(torch.empty_like(t) if m else t.new_empty(0) for t, m in zip((p, q, r, s), output_mask))
 
 
@@ -247,26 +255,29 @@ def _ops():
     return getattr(torch.ops, NAMESPACE)
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*[t for t in inputs if isinstance(t, Tensor)])
+def _segment_gather_mul_setup(ctx, inputs, output):
+    a, src, b, ptr, _, src_transpose = inputs  # (defaults filled)
+    ctx.save_for_backward(a, src, b, ptr, src_transpose)
 
 
 def _segment_gather_mul_bwd(ctx, grad):
-    a, src, b, ptr = ctx.saved_tensors
+    a, src, b, ptr, src_t = ctx.saved_tensors
     need_a, _, need_b = ctx.needs_input_grad[:3]
-    ga, gb = _ops().segment_gather_mul_backward(grad.contiguous(), a, src, b, ptr, need_a, need_b)
-    return (ga if need_a else None), None, (gb if need_b else None), None, None
+    ga, gb = _ops().segment_gather_mul_backward(grad.contiguous(), a, src, b, ptr, need_a, need_b, src_t)
+    return (ga if need_a else None), None, (gb if need_b else None), None, None, None
 
 
 def _fused_edge_message_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7])  # p, q, r, s, ptr, src, edge_row (None allowed)
+    # p, q, r, s, ptr, src, edge_row, src_transpose, row_transpose (defaults filled; None allowed)
+    ctx.save_for_backward(*inputs[:7], *inputs[8:10])
 
 
 def _fused_edge_message_bwd(ctx, grad):
-    p, q, r, s, ptr, src, edge_row = ctx.saved_tensors
+    p, q, r, s, ptr, src, edge_row, src_t, row_t = ctx.saved_tensors
     mask = list(ctx.needs_input_grad[:4])
-    grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None, None, None)
+    grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask,
+                                               src_t, row_t)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
 
 
 def _bessel_basis_setup(ctx, inputs, output):
@@ -298,7 +309,7 @@ def _spherical_basis_bwd(ctx, grad):
 
 
 AUTOGRAD = {
-    "segment_gather_mul": (_segment_gather_mul_bwd, _save_inputs),
+    "segment_gather_mul": (_segment_gather_mul_bwd, _segment_gather_mul_setup),
     "fused_edge_message": (_fused_edge_message_bwd, _fused_edge_message_setup),
     "bessel_basis": (_bessel_basis_bwd, _bessel_basis_setup),
     "spherical_basis": (_spherical_basis_bwd, _spherical_basis_setup),

@@ -19,7 +19,7 @@ def _half_ok(t: Tensor, kernel) -> bool:
 
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, check_values: bool = True,
-                       _kernel=None) -> Tensor:
+                       src_transpose: Optional[Tensor] = None, _kernel=None) -> Tensor:
     r"""Segment sum of gathered products, without materializing ``a[src]``:
 
     .. math:: \mathrm{out}_r = \sum_{s = \mathrm{ptr}_r}^{\mathrm{ptr}_{r+1} - 1} a_{\mathrm{src}_s} \odot b_s
@@ -34,9 +34,11 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, check_
             for inputs valid by construction (the graphs of
             :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
             graph; invalid inputs then give undefined results.
+        src_transpose: :func:`pamnet_fast.ops.transposed_csr` of ``(src, M, ptr)``, when the same
+            index serves many calls (a model's layers): the GPU backward then sorts nothing.
 
     Returns ``[R, F]``. Differentiable in ``a`` and ``b``; the gradient w.r.t. ``a`` uses a transposed
-    CSR (a stable counting sort of ``src``), so it is deterministic. float32/float64 everywhere;
+    CSR (a stable sort of ``src``, or ``src_transpose``), so it is deterministic. float32/float64 everywhere;
     float16/bfloat16 on CUDA (Triton; sums in float32, output and gradients in the input dtype).
     """
     op = "segment_gather_mul"
@@ -44,11 +46,12 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, check_
     checks.floating(op, "b", b, dim=2, half_ok=_half_ok(b, _kernel))
     kernel = _kernel or _ops().segment_gather_mul
     return kernel(a.contiguous(), _index(op, "src", src), b.contiguous(), _index(op, "ptr", ptr),
-                  bool(check_values))
+                  bool(check_values), src_transpose)
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
                        edge_row: Optional[Tensor] = None, *, check_values: bool = True,
+                       src_transpose: Optional[Tensor] = None, row_transpose: Optional[Tensor] = None,
                        _kernel=None) -> Tensor:
     r"""Gated edge messages summed per target, fused:
 
@@ -72,6 +75,9 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
             GPU). ``False`` for inputs valid by construction (the graphs of
             :func:`pamnet_fast.nn.graphs.build_graphs`): no read, so the op can run inside a CUDA
             graph; invalid inputs then give undefined results.
+        src_transpose, row_transpose: :func:`pamnet_fast.ops.transposed_csr` of ``(src, M, ptr)``
+            and ``(edge_row, R, ptr)``, when the same graph serves many calls: the GPU backward then
+            sorts nothing.
 
     float32/float64 everywhere; float16/bfloat16 on CUDA (Triton; sums in float32, output and
     gradients in the input dtype). Deterministic: the same bits on every run.
@@ -81,5 +87,7 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
     kernel = _kernel or _ops().fused_edge_message
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
+    if row_transpose is not None and edge_row is None:
+        raise ValueError(f"{op}: row_transpose given without edge_row")
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
-                  _index(op, "src", src), row, bool(check_values))
+                  _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)

@@ -67,7 +67,7 @@ def triplets(edge_index: Tensor, num_nodes: int, *, values: bool = True, sizes=N
 
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_ok: bool = False,
-                       values: bool = True) -> None:
+                       values: bool = True, src_transpose: Optional[Tensor] = None) -> None:
     """``values=False`` leaves out the checks of index values (the Triton kernels make them in one
     kernel launch: ``triton._common.check_csr``)."""
     op = "segment_gather_mul"
@@ -79,6 +79,7 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_o
     checks.same_device(op, a=a, src=src, b=b, ptr=ptr)
     checks.features_match(op, a=a, b=b)
     checks.rows_match(op, "src", src, b.size(0), "the number of rows of b")
+    checks.transpose(op, "src_transpose", src_transpose, src.numel(), a.size(0))
     if values:
         checks.not_capturing(op, ptr)
         checks.csr_and_indices(op, "ptr", ptr, b.size(0), ("src", src, a.size(0)))
@@ -86,7 +87,8 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_o
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
                        edge_row: Optional[Tensor] = None, *, half_ok: bool = False,
-                       values: bool = True) -> None:
+                       values: bool = True, src_transpose: Optional[Tensor] = None,
+                       row_transpose: Optional[Tensor] = None) -> None:
     """``values=False``: as :func:`segment_gather_mul`."""
     op = "fused_edge_message"
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
@@ -106,6 +108,8 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         E, edges = edge_row.numel(), "the number of edges (len(edge_row))"
     checks.rows_match(op, "src", src, E, edges)
     checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
+    checks.transpose(op, "src_transpose", src_transpose, src.numel(), q.size(0))
+    checks.transpose(op, "row_transpose", row_transpose, src.numel(), r.size(0))
     if values:
         checks.not_capturing(op, ptr)
         checks.csr_and_indices(op, "ptr", ptr, E, *ranges)

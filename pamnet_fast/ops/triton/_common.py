@@ -154,27 +154,6 @@ def scalars(ref: torch.Tensor, *values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=ref.dtype, device=ref.device)
 
 
-def rows_of(ptr: torch.Tensor, nnz: int) -> torch.Tensor:
-    """The segment (row) of each entry of a CSR pointer, int64 ``[nnz]``."""
-    counts = ptr[1:] - ptr[:-1]
-    return torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), counts,
-                                   output_size=nnz)
-
-
-def transpose_csr(idx: torch.Tensor, num_rows: int):
-    """Transposed CSR of an index vector: ``perm`` (a stable argsort of ``idx``) and ``tptr``
-    (``[num_rows + 1]``), so the entries with ``idx == m`` are ``perm[tptr[m]:tptr[m+1]]`` in their
-    original order. Deterministic: the gradient kernels built on it need no atomics. No host
-    synchronization (``torch.bincount`` on CUDA reads the maximum back to the host; a binary search
-    of the sorted keys does not)."""
-    # 32-bit keys halve the passes of the GPU radix sort (it sorts every bit of the key dtype).
-    keys = idx.to(torch.int32) if num_rows < 2 ** 31 else idx
-    ordered, perm = torch.sort(keys, stable=True)
-    bounds = torch.arange(num_rows + 1, dtype=keys.dtype, device=idx.device)
-    tptr = torch.searchsorted(ordered, bounds)  # tptr[m] = #entries < m
-    return perm, tptr
-
-
 # --- Value checks of CSR inputs in one kernel and one device-to-host read ---
 
 CHECK_BLOCK = 1024

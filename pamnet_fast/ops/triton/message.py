@@ -33,9 +33,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import validate
-from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
-                      segment_kernel, segment_grid, size_class, transpose_csr)
+from .. import transpose, validate
+from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, segment_kernel,
+                      segment_grid, size_class)
 from .segment import gather_mul_sum
 
 
@@ -180,10 +180,14 @@ _bwd_transposed = segment_kernel(_bwd_transposed_kernel)
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
-                       edge_row: Optional[Tensor] = None, check_values: bool = True) -> Tensor:
+                       edge_row: Optional[Tensor] = None, check_values: bool = True,
+                       src_transpose: Optional[Tensor] = None,
+                       row_transpose: Optional[Tensor] = None) -> Tensor:
     """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``. One kernel; with
-    ``check_values`` one more and one host read (the check of ``ptr``, ``src``, ``edge_row``)."""
-    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True, values=False)
+    ``check_values`` one more and one host read (the check of ``ptr``, ``src``, ``edge_row``).
+    The transposes are for the backward."""
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True, values=False,
+                                src_transpose=src_transpose, row_transpose=row_transpose)
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
     ptr, src = as_index(ptr), as_index(src)
     ranges = [("src", src, q.size(0))]
@@ -203,9 +207,13 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
 
 
 def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tensor, s: Tensor,
-                                ptr: Tensor, src: Tensor, edge_row: Optional[Tensor], output_mask):
+                                ptr: Tensor, src: Tensor, edge_row: Optional[Tensor], output_mask,
+                                src_transpose: Optional[Tensor] = None,
+                                row_transpose: Optional[Tensor] = None):
     """Schema kernel of ``pamnet_fast::fused_edge_message_backward``: ``(grad_p, grad_q, grad_r,
-    grad_s)``, each an empty tensor where ``output_mask`` is false."""
+    grad_s)``, each an empty tensor where ``output_mask`` is false. ``grad_q`` (and the shared rows'
+    ``grad_r``/``grad_s``) go through the transposed CSR of ``src`` (``edge_row``): the one given
+    (:func:`pamnet_fast.ops.transposed_csr`), else one built here (a sort)."""
     need_p, need_q, need_r, need_s = (bool(m) for m in output_mask)
     g = grad_out.contiguous()
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
@@ -228,20 +236,23 @@ def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tenso
             g, p, q, r, s, ptr, src, erow, gp if need_p else g, gr if per_edge_r else g,
             gs if per_edge_s else g, num_features, key, HAS_ROW=has_row, NEED_P=need_p,
             NEED_R=per_edge_r, NEED_S=per_edge_s, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
-    rows = rows_of(ptr, num_edges) if (need_q or (has_row and (need_r or need_s))) else None
     if need_q and q.size(0):
-        perm, tptr = transpose_csr(src, q.size(0))
+        if src_transpose is None:
+            src_transpose = transpose.transposed_csr(src, q.size(0), ptr)
+        perm, rows, tptr = transpose.unpack(src_transpose, num_edges)
         if per_edge_r and num_edges:
             gq = gather_mul_sum(None, None, gr, perm, tptr, q.size(0))  # sum the grad_r rows
         else:
             _bwd_transposed[segment_grid(q.size(0), num_features)](
-                g, p, q, r, s, perm, rows[perm], tptr, src, erow, gq, gq, num_features,
+                g, p, q, r, s, perm, rows, tptr, src, erow, gq, gq, num_features,
                 size_class(num_edges, q.size(0)), BY_ROW=False, HAS_ROW=has_row, NEED_A=True,
                 NEED_B=False, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
     if has_row and (need_r or need_s) and r.size(0):
-        perm, tptr = transpose_csr(erow, r.size(0))
+        if row_transpose is None:
+            row_transpose = transpose.transposed_csr(erow, r.size(0), ptr)
+        perm, rows, tptr = transpose.unpack(row_transpose, num_edges)
         _bwd_transposed[segment_grid(r.size(0), num_features)](
-            g, p, q, r, s, perm, rows[perm], tptr, src, erow, gr if need_r else g, gs if need_s else g,
+            g, p, q, r, s, perm, rows, tptr, src, erow, gr if need_r else g, gs if need_s else g,
             num_features, size_class(num_edges, r.size(0)), BY_ROW=True, HAS_ROW=True,
             NEED_A=need_r, NEED_B=need_s, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
     if need_p and not num_rows:

@@ -12,9 +12,10 @@ Backward:
 * ``grad_b[s] = grad_out[r] * a[src[s]]``: elementwise, one program per (segment, feature tile); every
   entry belongs to one segment, so ``grad_b`` is written once and never zero-filled.
 * ``grad_a[m] = sum_{s: src[s] = m} grad_out[row(s)] * b[s]``: the same gather-multiply-sum kernel
-  over the *transposed* CSR (``perm`` = stable argsort of ``src``, ``tptr`` from ``bincount``): one
+  over the *transposed* CSR (``perm`` = stable argsort of ``src``, ``tptr`` its group pointer): one
   program per row of ``a``, summing in entry order. Deterministic (bitwise reproducible), no atomics;
-  it costs one ``sort`` of ``src`` (32-bit keys) per backward.
+  it costs one ``sort`` of ``src`` (32-bit keys) per backward, unless the caller passes the transposed
+  CSR built once per batch (``src_transpose``, :mod:`pamnet_fast.ops.transpose`).
 
 Bytes per forward + backward (``S`` entries, ``F`` features, ``M``/``R`` rows of ``a``/``out``): ``b``
 read twice, ``grad_b`` written once, ``a``, ``grad_out``, ``out``, ``grad_a`` once each: the byte floor
@@ -27,9 +28,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .. import validate
-from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, rows_of,
-                      segment_kernel, segment_grid, size_class, transpose_csr)
+from .. import transpose, validate
+from ._common import (SEGMENT_BLOCK, TUNED_LAUNCH, accumulator, as_index, check_csr, segment_kernel,
+                      segment_grid, size_class)
 
 
 @triton.jit
@@ -102,10 +103,12 @@ def gather_mul_sum(x, ix, y: Tensor, iy, seg: Tensor, num_rows: int) -> Tensor:
 
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor,
-                       check_values: bool = True) -> Tensor:
+                       check_values: bool = True, src_transpose=None) -> Tensor:
     """Schema kernel of ``pamnet_fast::segment_gather_mul``: ``[R, F]``. One kernel; with
-    ``check_values`` one more and one host read (the check of ``ptr`` and ``src``)."""
-    validate.segment_gather_mul(a, src, b, ptr, half_ok=True, values=False)
+    ``check_values`` one more and one host read (the check of ``ptr`` and ``src``).
+    ``src_transpose`` is for the backward."""
+    validate.segment_gather_mul(a, src, b, ptr, half_ok=True, values=False,
+                                src_transpose=src_transpose)
     src, ptr = as_index(src), as_index(ptr)
     if check_values:
         check_csr("segment_gather_mul", "ptr", ptr, b.size(0), ("src", src, a.size(0)))
@@ -113,9 +116,10 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor,
 
 
 def segment_gather_mul_backward(grad_out: Tensor, a: Tensor, src: Tensor, b: Tensor, ptr: Tensor,
-                                need_a: bool, need_b: bool):
+                                need_a: bool, need_b: bool, src_transpose=None):
     """Schema kernel of ``pamnet_fast::segment_gather_mul_backward``: ``(grad_a, grad_b)``, each an
-    empty tensor when not needed."""
+    empty tensor when not needed. ``grad_a`` goes through the transposed CSR of ``src``: the one
+    given (:func:`pamnet_fast.ops.transposed_csr`), else one built here (a sort)."""
     g, a, b = grad_out.contiguous(), a.contiguous(), b.contiguous()
     src, ptr = as_index(src), as_index(ptr)
     num_rows, num_features = ptr.numel() - 1, a.size(1)
@@ -129,7 +133,8 @@ def segment_gather_mul_backward(grad_out: Tensor, a: Tensor, src: Tensor, b: Ten
         elif grad_b.numel():
             grad_b.zero_()
     if need_a:
-        perm, tptr = transpose_csr(src, a.size(0))
-        rows = rows_of(ptr, src.numel())
-        grad_a = gather_mul_sum(g, rows[perm], b, perm, tptr, a.size(0))
+        if src_transpose is None:
+            src_transpose = transpose.transposed_csr(src, a.size(0), ptr)
+        perm, rows, tptr = transpose.unpack(src_transpose, src.numel())
+        grad_a = gather_mul_sum(g, rows, b, perm, tptr, a.size(0))
     return grad_a, grad_b
