@@ -247,3 +247,13 @@ def test_protein_ligand_head_reads_no_sample_count():
             out = head(batch, graphs)
         assert counter.syncs == [] and out.shape == (2, 1)
         assert torch.equal(out, head(batch))
+
+
+def test_read_counts_reads_scalars_and_vectors_at_once():
+    from pamnet_fast.nn.graphs import read_counts
+    flags = torch.tensor([True, False])
+    with HostSyncCounter() as counter:
+        got = read_counts(torch.tensor(3), torch.tensor([4, 5, 6]), flags.all(),
+                          torch.zeros(0, dtype=torch.long))
+    assert got == [3, [4, 5, 6], 0, []] and counter.syncs == ["tolist"]
+    assert read_counts(torch.tensor(2), flags.any()) == [2, 1]
