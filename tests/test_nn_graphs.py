@@ -276,3 +276,13 @@ def test_transposes_built_once_per_batch(monkeypatch):
             model(data).sum().backward()
             grads.append([p.grad.clone() for p in model.parameters()])
         assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_read_counts_reads_scalars_and_vectors_at_once():
+    from pamnet_fast.nn.graphs import read_counts
+    flags = torch.tensor([True, False])
+    with HostSyncCounter() as counter:
+        got = read_counts(torch.tensor(3), torch.tensor([4, 5, 6]), flags.all(),
+                          torch.zeros(0, dtype=torch.long))
+    assert got == [3, [4, 5, 6], 0, []] and counter.syncs == ["tolist"]
+    assert read_counts(torch.tensor(2), flags.any()) == [2, 1]

@@ -341,3 +341,72 @@ def test_cli_train_and_predict_write_conformations(shared_data, tmp_path):
     with pytest.raises(ValueError, match="qm9-physchem"):
         main(["train", "--model", "physchem", "--dataset", "qm9", "--limit", "50", "--epochs", "1",
               "--out", str(tmp_path / "bad"), "--quiet"])
+
+
+# ----------------------------------------------------------------------------- host reads
+# Before mol_batch read everything at once (CPU, no_grad, this batch): 15 reads per forward with the
+# exact pair list (physchem, physnet, hamilton), 31 with dense pair forces, 7 in the ChemNet modes.
+SYNC_CONFIGS = [dict(mode="physchem"), dict(mode="physchem", pair_forces="dense"), dict(mode="physnet"),
+                dict(mode="chemnet"), dict(mode="chemnet-real"), dict(mode="physchem", dynamics="hamilton")]
+
+
+@pytest.mark.parametrize("kw", SYNC_CONFIGS, ids=lambda kw: "-".join(map(str, kw.values())))
+def test_forward_reads_the_device_once(kw):
+    """The one read is mol_batch's (checks, triplet sizes, atoms per molecule); the rest of the forward
+    (LSTM packing, pair lists, dense blocks, readout) takes its sizes from it. With ``pair_cutoff``
+    the radius search reads its own edge total on a GPU (inside the op: not seen here)."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    b = Batch.from_data_list(graphs())
+    m = model(**kw).eval()
+    with torch.no_grad():
+        with HostSyncCounter() as counter:
+            out = m(b)
+        assert counter.syncs == ["tolist"], counter.syncs
+        if m.config.dynamics == "newton":  # (the dense twin's only engine)
+            torch.testing.assert_close(out, DensePhysChem(m)(b), rtol=1e-9, atol=1e-10)
+        assert torch.isfinite(out).all()
+
+
+def test_training_forward_reads_twice():
+    """A training forward: mol_batch's read and the Conn-k pair list (``nonzero``: its size)."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    b = Batch.from_data_list(graphs())
+    m = model(mode="physchem", lam=1.0).train()
+    with HostSyncCounter() as counter:
+        m(b)
+    assert counter.syncs == ["tolist", "nonzero"], counter.syncs
+    aux = m.auxiliary_loss()
+    assert m.last_conf_loss == pytest.approx(float(aux))
+
+
+def test_mol_batch_counts_pairs_and_input_errors():
+    from pamnet_fast.nn.physchem.graph import all_pairs, mol_batch
+    items = graphs()
+    b = Batch.from_data_list(items)
+    n = b.num_nodes
+    g = mol_batch(b.edge_index, n, b.batch, b.mass, pairs=True)            # num_graphs read
+    assert g.num_graphs == len(items) and g.counts_cpu == [d.num_nodes for d in items]
+    assert g.max_atoms == max(d.num_nodes for d in items) and g.counts.tolist() == g.counts_cpu
+    assert torch.equal(g.atom_slot, torch.cat([torch.arange(d.num_nodes) for d in items]))
+    assert torch.equal(g.src[g.rev], g.dst) and torch.equal(g.dst[g.rev], g.src)
+    # all ordered pairs of a molecule, i != j, by i then j (the boolean-mask definition)
+    i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = (b.batch[i] == b.batch[j]) & (i != j)
+    assert torch.equal(torch.stack(g.pairs), torch.stack([i[keep], j[keep]]))
+    assert torch.equal(torch.stack(all_pairs(g)), torch.stack(g.pairs))
+    # empty molecules after the last atom: num_graphs read from batch, counts with the zeros
+    g = mol_batch(b.edge_index, n, torch.cat([b.batch[:-1], b.batch[-1:] + 2]), b.mass)
+    assert g.counts_cpu == [d.num_nodes for d in items[:-1]] + [items[-1].num_nodes - 1, 0, 1]
+    ei = b.edge_index
+    with pytest.raises(ValueError, match="sorted by target"):
+        mol_batch(ei.flip(1), n, b.batch, b.mass)
+    with pytest.raises(ValueError, match="both directions"):
+        mol_batch(ei[:, 1:], n, b.batch, b.mass)
+    bad = ei.clone()
+    bad[0, 0] = n
+    with pytest.raises(ValueError, match=r"outside \[0, %d\)" % n):
+        mol_batch(bad, n, b.batch, b.mass)
+    with pytest.raises(ValueError, match="batch must be sorted"):
+        mol_batch(ei, n, b.batch.flip(0), b.mass, num_graphs=len(items))
+    with pytest.raises(ValueError, match=r"indices in \[0, 3\)"):
+        mol_batch(ei, n, b.batch, b.mass, num_graphs=3)

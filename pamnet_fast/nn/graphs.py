@@ -89,11 +89,19 @@ def _raise_failed(checks: Sequence[InputCheck], values: Sequence[int]) -> None:
             raise ValueError("an input check failed")  # fail() raises its own message first
 
 
-def read_counts(*counts) -> List[int]:
-    """The values of 0-dim integer/boolean tensors (or of :class:`InputCheck` flags), read from the
-    device in ONE host synchronization."""
+def read_counts(*counts) -> List:
+    """The values of integer/boolean tensors (or of :class:`InputCheck` flags), read from the device in
+    ONE host synchronization: an int for each 0-dim tensor, a list of ints for each 1-D one."""
     counts = [c.ok if isinstance(c, InputCheck) else c for c in counts]
-    return torch.stack([c.reshape(()).long() for c in counts]).tolist()
+    if all(c.dim() == 0 for c in counts):
+        return torch.stack([c.long() for c in counts]).tolist()
+    flat = torch.cat([c.reshape(-1).long() for c in counts]).tolist()
+    out, at = [], 0
+    for c in counts:
+        n = c.numel()
+        out.append(flat[at] if c.dim() == 0 else flat[at:at + n])
+        at += n
+    return out
 
 
 def csr_pointer(dst: Tensor, num_nodes: int) -> Tensor:
@@ -201,16 +209,17 @@ def position_check(pos: Tensor, batch: Optional[Tensor]) -> InputCheck:
                       lambda: ops.checks.position_values("build_graphs", pos, batch))
 
 
-def bond_check(bonds: Tensor, num_nodes: int) -> InputCheck:
-    """A ``[2, E]`` bond list with every index in ``[0, num_nodes)``, as an :class:`InputCheck`."""
+def bond_check(bonds: Tensor, num_nodes: int, op: str = "build_graphs") -> InputCheck:
+    """A ``[2, E]`` bond list with every index in ``[0, num_nodes)``, as an :class:`InputCheck`
+    (``op`` names the caller in the error)."""
     if bonds.dim() != 2 or bonds.size(0) != 2:
-        raise ValueError(f"build_graphs: the bond list (data.edge_index) must have shape [2, E], got "
+        raise ValueError(f"{op}: the bond list (data.edge_index) must have shape [2, E], got "
                          f"{tuple(bonds.shape)}")
     ok = ((bonds >= 0) & (bonds < num_nodes)).all() if bonds.numel() else torch.ones(
         (), dtype=torch.bool, device=bonds.device)
 
     def fail():
-        raise ValueError(f"build_graphs: the bond list (data.edge_index) has atom indices outside "
+        raise ValueError(f"{op}: the bond list (data.edge_index) has atom indices outside "
                          f"[0, {num_nodes})")
     return InputCheck(ok, fail)
 
@@ -256,17 +265,15 @@ def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
     return BondPlex(edge_index, ptr, pairs, trip)
 
 
-def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tensor:
-    """Position of edge ``dst -> src`` for each edge ``src -> dst`` (any order); ``ValueError`` if
-    one is missing (one host read)."""
+def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """``(rev [E], all_found)``: the position of edge ``dst -> src`` for each edge ``src -> dst`` (any
+    order), and a 0-dim boolean, on the device, telling whether every edge has its reverse (for the
+    caller to read with its other counts: no host read here)."""
     key = dst * num_nodes + src
-    order = torch.argsort(key)
-    want = src * num_nodes + dst
-    pos = torch.searchsorted(key.index_select(0, order), want).clamp(max=max(0, key.numel() - 1))
+    key, order = torch.sort(key, stable=True)
+    pos, found = _reverse_positions(torch.stack([src, dst]), key, num_nodes)
     rev = order.index_select(0, pos) if key.numel() else pos
-    if key.numel() and not bool((key.index_select(0, rev) == want).all()):
-        raise ValueError("the edge list must be symmetric (every edge in both directions)")
-    return rev
+    return rev, found.all()
 
 
 def batch_of(data, num_nodes: int, device) -> Tuple[Tensor, int]:

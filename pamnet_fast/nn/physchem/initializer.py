@@ -65,18 +65,24 @@ class Initializer(nn.Module):
         return hv, he, pq[:, :self.pq_dim], pq[:, self.pq_dim:]
 
     def _lstm(self, seq: Tensor, rank: Tensor, g: MolBatch) -> Tensor:
-        """LSTM over the atoms of each molecule in canonical rank order; output in input order."""
+        """LSTM over the atoms of each molecule in canonical rank order; output in input order.
+        Sync-free: the lengths come from ``g.counts_cpu``, the molecules are laid out as the columns
+        packing wants (longest first), so no index crosses between host and device, and the initial
+        states are given (the LSTM would otherwise read the packed batch size to make them)."""
         n = seq.shape[0]
-        order = torch.argsort(g.batch * (int(rank.max()) + 1 if n else 1) + rank)
-        counts = g.counts
-        starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
-        nmax = int(counts.max()) if counts.numel() else 0
-        slot = torch.arange(n, device=seq.device) - starts[g.batch]                   # position in molecule
-        padded = seq.new_zeros(nmax, g.num_graphs, seq.shape[1])
-        padded[slot, g.batch] = seq[order]
-        packed = pack_padded_sequence(padded, counts.cpu(), enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, total_length=nmax)
+        # atoms by molecule, then rank (two stable sorts: no maximum rank to read)
+        order = torch.sort(rank, stable=True).indices
+        order = order.index_select(0, torch.sort(g.batch.index_select(0, order), stable=True).indices)
+        by_length = torch.sort(g.counts, descending=True, stable=True).indices
+        column = torch.empty_like(by_length).scatter_(0, by_length, torch.arange(
+            g.num_graphs, device=seq.device)).index_select(0, g.batch)      # column of each atom
+        padded = seq.new_zeros(g.max_atoms, g.num_graphs, seq.shape[1])
+        padded[g.atom_slot, column] = seq[order]
+        lengths = torch.tensor(sorted(g.counts_cpu, reverse=True), dtype=torch.long)  # on the host
+        packed = pack_padded_sequence(padded, lengths, enforce_sorted=True)
+        h0 = seq.new_zeros(self.lstm.num_layers, g.num_graphs, self.lstm.hidden_size)
+        out, _ = self.lstm(packed, (h0, h0))
+        out, _ = pad_packed_sequence(out, total_length=g.max_atoms)
         res = out.new_empty(n, out.shape[2])
-        res[order] = out[slot, g.batch]
+        res[order] = out[g.atom_slot, column]
         return res

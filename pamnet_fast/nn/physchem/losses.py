@@ -18,7 +18,7 @@ molecule (the authors take the square root of the batch mean instead).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -33,16 +33,24 @@ class ConnPairs(NamedTuple):
     w: Tensor
 
 
-def _dense_slots(batch: Tensor, num_graphs: int):
-    counts = torch.bincount(batch, minlength=num_graphs)
+def _dense_slots(batch: Tensor, num_graphs: int, counts: Optional[Tensor] = None,
+                 max_atoms: Optional[int] = None):
+    """``(counts, starts, slot, max_atoms)``; ``counts [G]`` and ``max_atoms`` when the caller has
+    them (a :class:`~.graph.MolBatch`): otherwise they are read from the device."""
+    if counts is None:
+        counts = torch.bincount(batch, minlength=num_graphs)
+    if max_atoms is None:
+        max_atoms = int(counts.max()) if counts.numel() else 0
     starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
     slot = torch.arange(batch.numel(), device=batch.device) - starts[batch]
-    return counts, starts, slot, int(counts.max()) if counts.numel() else 0
+    return counts, starts, slot, max_atoms
 
 
-def conn_pairs(edge_index: Tensor, batch: Tensor, num_graphs: int, k: int = 3) -> ConnPairs:
-    """The Conn-k pair list of a batch (bonds ``edge_index``, both directions)."""
-    counts, starts, slot, n = _dense_slots(batch, num_graphs)
+def conn_pairs(edge_index: Tensor, batch: Tensor, num_graphs: int, k: int = 3,
+               counts: Optional[Tensor] = None, max_atoms: Optional[int] = None) -> ConnPairs:
+    """The Conn-k pair list of a batch (bonds ``edge_index``, both directions); ``counts``,
+    ``max_atoms``: see :func:`_dense_slots`. One host read (the pairs are cut by ``nonzero``)."""
+    counts, starts, slot, n = _dense_slots(batch, num_graphs, counts, max_atoms)
     adj = torch.zeros(num_graphs, n, n, dtype=torch.float64, device=batch.device)
     src, dst = edge_index[0].long(), edge_index[1].long()
     adj[batch[dst], slot[dst], slot[src]] = 1.0
@@ -74,9 +82,11 @@ def hierarchical_conn_loss(xs: List[Tensor], y: Tensor, pairs: ConnPairs, base: 
     return sum(w * conn_loss(x, y, pairs) for w, x in zip(step_weights(len(xs), base), xs))
 
 
-def kabsch_rmsd(x: Tensor, y: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-    """Per-molecule RMSD ``[G]`` of ``x`` onto ``y`` after the optimal proper rotation."""
-    counts, _, slot, n = _dense_slots(batch, num_graphs)
+def kabsch_rmsd(x: Tensor, y: Tensor, batch: Tensor, num_graphs: int, counts: Optional[Tensor] = None,
+                max_atoms: Optional[int] = None) -> Tensor:
+    """Per-molecule RMSD ``[G]`` of ``x`` onto ``y`` after the optimal proper rotation (``counts``,
+    ``max_atoms``: see :func:`_dense_slots`)."""
+    counts, _, slot, n = _dense_slots(batch, num_graphs, counts, max_atoms)
     cnt = counts.clamp(min=1).to(x.dtype)[:, None]
     xc = x - (segment_sum(x, batch, num_graphs) / cnt)[batch]
     yc = y - (segment_sum(y, batch, num_graphs) / cnt)[batch]

@@ -64,7 +64,7 @@ class PhysChem(nn.Module):
                                c.dropout)
         self.conformations: List[Tensor] = []
         self._aux: Optional[Tensor] = None
-        self.last_conf_loss: Optional[float] = None
+        self._last_conf: Optional[Tensor] = None
 
     def reset_parameters(self):
         for m in self.children():
@@ -73,6 +73,13 @@ class PhysChem(nn.Module):
             elif isinstance(m, nn.ModuleList):
                 for mm in m:
                     mm.reset_parameters()
+
+    @property
+    def last_conf_loss(self) -> Optional[float]:
+        """The conformation loss of the last training forward (read from the device when asked,
+        not in every forward)."""
+        lam = self.config.lam
+        return None if self._last_conf is None or not lam else float(self._last_conf) / lam
 
     # ------------------------------------------------------------------ helpers
     def conformation_target(self, data) -> Optional[Tensor]:
@@ -111,8 +118,11 @@ class PhysChem(nn.Module):
         if rank is None:
             rank = torch.arange(x.shape[0], device=x.device)
         num_graphs = getattr(data, "num_graphs", None)
+        exact_pairs = (self.learned and self.physnet.pair_forces == "graph"
+                       and self.physnet.pair_cutoff is None)
         g = mol_batch(data.edge_index, x.shape[0], getattr(data, "batch", None), mass,
-                      num_graphs if isinstance(num_graphs, int) and hasattr(data, "batch") else None)
+                      num_graphs if isinstance(num_graphs, int) and hasattr(data, "batch") else None,
+                      pairs=exact_pairs)
         hv, he, p, q = self.initializer(x, edge_attr, rank, g)
         fixed = self._fixed_conformation(data)
         traj: List[Tensor] = [q] if self.learned else []
@@ -126,11 +136,11 @@ class PhysChem(nn.Module):
                 hv, he = new_hv, new_he
             states.append(hv)
         self.conformations = traj
-        out = self.readout(torch.cat(states, 1), g.batch, g.num_graphs)
+        out = self.readout(torch.cat(states, 1), g.batch, g.num_graphs, g.counts)
         self._aux = None
         if self.training and self.learned:
             self._aux = c.lam * self.conformation_loss(traj, data, g)
-            self.last_conf_loss = float(self._aux.detach()) / c.lam if c.lam else None
+            self._last_conf = self._aux.detach()
         return out
 
     def conformation_loss(self, traj: List[Tensor], data, g: Optional[MolBatch] = None) -> Tensor:
@@ -139,13 +149,14 @@ class PhysChem(nn.Module):
         target = self.conformation_target(data)
         if target is None:
             raise ValueError(f"PhysChem mode {c.mode!r}: the batch has no conformation target")
-        batch = data.batch if getattr(data, "batch", None) is not None else \
-            torch.zeros(target.shape[0], dtype=torch.long, device=target.device)
-        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+        if g is None:
+            g = mol_batch(data.edge_index, target.shape[0], getattr(data, "batch", None),
+                          target.new_ones(target.shape[0]))
+        sizes = dict(counts=g.counts, max_atoms=g.max_atoms)  # from the graph's read: no bincount
         if c.conf_loss == "kabsch":
-            return sum(w * kabsch_rmsd(x, target, batch, num_graphs).mean()
+            return sum(w * kabsch_rmsd(x, target, g.batch, g.num_graphs, **sizes).mean()
                        for w, x in zip(step_weights(len(traj), c.conn_weight), traj))
-        pairs: ConnPairs = conn_pairs(data.edge_index, batch, num_graphs, c.conn_k)
+        pairs: ConnPairs = conn_pairs(data.edge_index, g.batch, g.num_graphs, c.conn_k, **sizes)
         return hierarchical_conn_loss(traj, target, pairs, c.conn_weight)
 
     def auxiliary_loss(self) -> Optional[Tensor]:

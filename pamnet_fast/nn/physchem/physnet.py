@@ -63,7 +63,7 @@ class PhysNet(nn.Module):
     def pairs(self, q: Tensor, g: MolBatch):
         """(i, j) of the pair terms (target i, source j)."""
         if self.pair_cutoff is None:
-            return all_pairs(g.counts)
+            return g.pairs if g.pairs is not None else all_pairs(g)
         ei = ops.radius_graph(q.detach(), float(self.pair_cutoff), g.batch)
         return ei[1], ei[0]
 
@@ -73,16 +73,20 @@ class PhysNet(nn.Module):
     def pair_force(self, q: Tensor, g: MolBatch, pairs=None) -> Tensor:
         m = g.mass
         if self.pair_forces == "dense":
-            from torch_geometric.utils import to_dense_batch
-            qd, mask = to_dense_batch(q, g.batch, batch_size=g.num_graphs)          # [G, n, 3]
-            md, _ = to_dense_batch(m, g.batch, batch_size=g.num_graphs)
+            # [G, n, n] blocks, n = g.max_atoms (read with the graph): no size to read here
+            slot, n = g.atom_slot, g.max_atoms
+            qd = q.new_zeros(g.num_graphs, n, q.shape[1])
+            qd[g.batch, slot] = q
+            md = m.new_zeros(g.num_graphs, n)
+            md[g.batch, slot] = m
+            mask = torch.arange(n, device=q.device) < g.counts[:, None]              # [G, n]
             delta = qd[:, :, None] - qd[:, None]                                   # [G, n, n, 3]
             d = self._gen_dist(delta)
-            eye = torch.eye(qd.shape[1], dtype=torch.bool, device=q.device)
+            eye = torch.eye(n, dtype=torch.bool, device=q.device)
             valid = mask[:, :, None] & mask[:, None] & ~eye
             mm = md[:, :, None] * md[:, None]
             val = torch.tanh(torch.where(valid, (d ** -2 - d ** -1) * mm, torch.zeros_like(d)))
-            return (unit(delta) * val[..., None]).sum(2)[mask]
+            return (unit(delta) * val[..., None]).sum(2)[g.batch, slot]
         i, j = pairs if pairs is not None else self.pairs(q, g)
         delta = q[i] - q[j]
         d = self._gen_dist(delta)

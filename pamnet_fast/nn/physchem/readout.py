@@ -11,6 +11,8 @@ r"""PhysChem's readout: an attentive, GRU-updated molecule vector.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,9 +37,13 @@ class Readout(nn.Module):
             if m is not self and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
 
-    def molecule_vector(self, hv: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        """``hv [N, hv_dim]`` -> ``[G, hm_dim]``."""
-        counts = torch.bincount(batch, minlength=num_graphs).clamp(min=1)[:, None]
+    def molecule_vector(self, hv: Tensor, batch: Tensor, num_graphs: int,
+                        counts: Optional[Tensor] = None) -> Tensor:
+        """``hv [N, hv_dim]`` -> ``[G, hm_dim]``. ``counts [G]``: atoms per molecule, when known
+        (``bincount`` sizes its output from the data: a host read)."""
+        if counts is None:
+            counts = torch.bincount(batch, minlength=num_graphs)
+        counts = counts.clamp(min=1)[:, None]
         hm = segment_sum(F.leaky_relu(self.vertex2mol(hv)), batch, num_graphs) / counts
         for align, attend, gru in zip(self.align, self.attend, self.gru):
             hv_d, hm_d = self.dropout(hv), self.dropout(hm)
@@ -46,5 +52,6 @@ class Readout(nn.Module):
             hm = F.leaky_relu(gru(mu, hm))
         return hm
 
-    def forward(self, hv: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
-        return self.head(self.molecule_vector(hv, batch, num_graphs))
+    def forward(self, hv: Tensor, batch: Tensor, num_graphs: int,
+                counts: Optional[Tensor] = None) -> Tensor:
+        return self.head(self.molecule_vector(hv, batch, num_graphs, counts))
