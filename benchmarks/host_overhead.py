@@ -3,9 +3,11 @@
 On a GPU at QM9 batch sizes most kernels take a few microseconds, so an eager step costs about what
 the host spends issuing it: Python, the dispatcher, one launch per op. On the CPU with a 2-molecule
 batch and one thread the arithmetic is negligible too, so the same host cost is what gets timed here,
-without a GPU. Dense layers go through aten (``ops.aten_linear()``: the CUDA path, not oneDNN) and the
-optimizer is fused Adam, as on CUDA. Also reported: the non-view aten ops per call (each launches a
-kernel on CUDA; PAMNet's fused ops are one Triton kernel each).
+without a GPU. Dense layers go through aten (``ops.aten_linear()``: the CUDA path, not oneDNN; except
+that CUDA inference runs each Linear+SiLU, with a residual block's add, as one Triton GEMM, see
+:func:`pamnet_fast.ops.linear_silu`) and the optimizer is fused Adam, as on CUDA. Also reported: the
+non-view aten ops per call (each launches a kernel on CUDA; PAMNet's fused ops are one Triton kernel
+each).
 
     python3 benchmarks/host_overhead.py [--molecules 2] [--repeats 30]
 """

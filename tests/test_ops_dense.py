@@ -87,6 +87,26 @@ def test_linear_silu_fused_inference_matches_unfused():
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-4)
 
 
+def test_linear_silu_residual_and_the_res_block():
+    """``linear_silu(..., residual=r)`` is ``SiLU(linear) + r`` (the same sum, so the same bits as the
+    add after it), fused or recorded, with the residual's gradient; ``Res`` uses it and keeps its
+    state-dict names."""
+    from pamnet_fast.nn import Res
+    x, w, b, r = rand(300, 32), rand(32, 32) * 0.3, rand(32), rand(300, 32)
+    with torch.no_grad():
+        assert torch.equal(ops.linear_silu(x, w, b, residual=r), ops.linear_silu(x, w, b) + r)
+    out, g = grads(lambda *a: ops.linear_silu(*a[:3], residual=a[3]), x, w, b, r)
+    ref, g_ref = grads(lambda *a: F.silu(F.linear(*a[:3])) + a[3], x, w, b, r)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, want in zip(g, g_ref):
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-4)
+    res = Res(32)
+    assert list(res.state_dict()) == ["mlp.0.0.weight", "mlp.0.0.bias", "mlp.1.0.weight", "mlp.1.0.bias"]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(res(x), res.mlp(x) + x, rtol=1e-6, atol=1e-6)
+
+
 def test_dense_modules_keep_nn_linear_state_dict_names():
     mlp = MLP([5, 8, 3])
     assert isinstance(mlp[0], LinearSiLU) and isinstance(mlp[0][0], Linear)

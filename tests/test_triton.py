@@ -4,6 +4,7 @@ Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything impor
 kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
 same tests run the compiled kernels on CUDA tensors.
 """
+import importlib
 import math
 import warnings
 
@@ -403,6 +404,49 @@ def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch
     _close(got, want, torch.float64)
 
 
+@pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])
+def test_model_float32_on_triton_kernels_with_dense_layers(name, qm9_small, monkeypatch):
+    """float32 PAMNet with every op on its Triton kernel, the dense layers included (the CUDA path of
+    a forward given the graphs): each Linear+SiLU is one launch instead of ``addmm``/``mm`` and
+    ``silu``, and the residual blocks' second one also takes their ``add``; the other launches do
+    not change. The result equals the C++/oneDNN path's within float32 rounding."""
+    from pamnet_fast.host_syncs import HostSyncCounter
+    from pamnet_fast.nn import PAMNet, PAMNetConfig, PAMNetS
+    torch.manual_seed(0)
+    n_layer = 2
+    model = {"PAMNet": PAMNet, "PAMNetS": PAMNetS}[name](PAMNetConfig.qm9(dim=32, n_layer=n_layer))
+    model, data = model.eval().to(DEV), qm9_small.to(DEV)
+    data.pos = data.pos.float()
+    with torch.no_grad():
+        graphs = model.build_graphs(data)
+        want = model(data, graphs)
+    launches, counts = [], {}
+    _route_ops_to_triton(monkeypatch, launches)
+    for dense in (False, True):
+        if dense:
+            _route_dense_to_triton(monkeypatch)
+        elif DEV == "cpu":  # ops.linear as on CUDA (F.linear), linear_silu not yet on Triton
+            monkeypatch.setattr(importlib.import_module("pamnet_fast.ops.dense"), "_fast", lambda *a: False)
+        with torch.no_grad():
+            model(data, graphs)  # the first call also fills the bases' constant caches
+        launches.clear()
+        with torch.no_grad(), HostSyncCounter() as counter:
+            got = model(data, graphs)
+        counts[dense] = (counter.kernel_ops, list(launches), counter.syncs)
+        _close(got, want, torch.float32)
+    (ops_before, before, _), (ops_after, after, syncs) = counts[False], counts[True]
+    assert syncs == []
+    dense_launches = after.count("_linear_act_kernel")
+    assert [k for k in after if k != "_linear_act_kernel"] == before
+    print(name, "dense launches", dense_launches, "aten ops", ops_before, "->", ops_after)
+    # per layer: the global and the local plex 11 each (mlp_x1, mlp_x2, 3 Res x 2, mlp_out x 3) and
+    # the angle MLP's 2; the shared basis projections: 4 (PAMNet: rbf_g, rbf_l, sbf1, sbf2) or 3
+    assert dense_launches == n_layer * (11 + 11 + 2) + (4 if name == "PAMNet" else 3)
+    # a launch replaces addmm/mm + silu by one allocation (new_empty; no kernel on CUDA), the
+    # residual blocks' second launches (3 per plex layer) also an add
+    assert ops_before - ops_after == dense_launches + n_layer * 2 * 3
+
+
 @pytest.mark.skipif(DEV != "cuda", reason="CUDA graphs need a GPU")
 def test_model_forward_captures_in_a_cuda_graph(qm9_small):
     """The forward given the graphs reads nothing from the device, so it can be recorded in a CUDA
@@ -778,6 +822,103 @@ def test_message_ops_half_precision_rules():
         assert out.dtype == torch.bfloat16 and all(t.grad.dtype == torch.bfloat16 for t in leaves)
 
 
+# --- dense layers: one GEMM with bias, SiLU and residual in its epilogue ---
+
+# float64 reference on the same (rounded) inputs: float32 1e-5 relative (IEEE products and float32
+# sums; TF32 would be ~1e-3 off); float16/bfloat16: float32 sums rounded once to the dtype (half an
+# ulp: 2^-11, 2^-8 relative), checked at twice that.
+_DENSE_TOL = {torch.float32: 1e-5, torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16, torch.float16))
+def test_linear_act(dtype, monkeypatch):
+    import torch.nn.functional as F
+    launches = []
+    _interpreter_outside_modes(monkeypatch, launches)
+    g = _gen(21)
+    # one row; N and K not powers of two; K = 3 * 64 (a message layer's concat width); more rows than
+    # one tile and N over one 128-column tile; K below one 32-wide step
+    for m, k, n in ((1, 70, 70), (37, 192, 70), (300, 128, 128), (5, 16, 200), (33, 3, 17)):
+        x, r = (torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in ((m, k), (m, n)))
+        w = (torch.randn(n, k, generator=g, dtype=torch.float64) / math.sqrt(k)).to(dtype)
+        b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+        for bias in (None, b):
+            for res in (None, r):
+                for silu in (True, False):
+                    launches.clear()
+                    got = tk.linear_act(*(None if t is None else t.to(DEV) for t in (x, w, bias, res)),
+                                        silu=silu)
+                    want = F.linear(x.double(), w.double(), None if bias is None else bias.double())
+                    want = F.silu(want) if silu else want
+                    want = want if res is None else want + res.double()
+                    assert got.dtype == dtype and got.shape == (m, n) and len(launches) == 1
+                    tol = _DENSE_TOL[dtype]
+                    scale = max(1.0, float(want.abs().max()))
+                    torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol * scale)
+    # a strided weight (a column block of a message layer's [F, 3F]) is read as it is
+    w3 = torch.randn(24, 72, generator=g).to(dtype)
+    x = torch.randn(40, 24, generator=g).to(dtype)
+    got = tk.linear_act(x.to(DEV), w3[:, 24:48].to(DEV), silu=False)
+    torch.testing.assert_close(got.cpu().double(), x.double() @ w3[:, 24:48].double().t(),
+                               rtol=_DENSE_TOL[dtype], atol=_DENSE_TOL[dtype] * 10)
+    # no rows: an empty output, no launch
+    launches.clear()
+    w = w3[:, :24].contiguous()
+    empty = tk.linear_act(x[:0].to(DEV), w.to(DEV), w[0].to(DEV), x[:0].to(DEV))
+    assert empty.shape == (0, 24) and empty.dtype == dtype and launches == []
+
+
+def test_linear_act_bad_input():
+    x, w = torch.randn(4, 6, device=DEV), torch.randn(5, 6, device=DEV)
+    with pytest.raises(ValueError, match="weight"):
+        tk.linear_act(x, w.t())
+    with pytest.raises(ValueError, match="residual"):
+        tk.linear_act(x, w, residual=torch.randn(4, 6, device=DEV))
+    with pytest.raises(TypeError):
+        tk.linear_act(x.double(), w.double())
+    with pytest.raises(TypeError):
+        tk.linear_act(x, w.half())
+
+
+def _route_dense_to_triton(monkeypatch):
+    """``ops.linear_silu`` takes the Triton GEMM on CPU tensors too (the interpreter), and
+    ``ops.linear`` is ``F.linear``, as both are on CUDA (the oneDNN path is the CPU's)."""
+    from pamnet_fast.ops import dense
+    monkeypatch.setattr(dense, "_gemm_launcher", lambda x: tk.linear_act)
+    monkeypatch.setattr(dense, "_fast", lambda x, weight: False)
+
+
+def test_linear_silu_takes_the_triton_gemm_only_when_nothing_is_recorded(monkeypatch):
+    """One launch for ``SiLU(x W^T + b) + residual``, equal to the composite path; the composite path
+    (no launch) with autograd recording, for float64, under ``aten_linear`` and under autocast."""
+    from pamnet_fast import ops
+    launches = []
+    _interpreter_outside_modes(monkeypatch, launches)
+    _route_dense_to_triton(monkeypatch)
+    g = _gen(22)
+    x, r = torch.randn(3, 5, 24, generator=g), torch.randn(3, 5, 16, generator=g)
+    w, b = torch.randn(16, 24, generator=g) / 5, torch.randn(16, generator=g)
+    args = [t.to(DEV) for t in (x, w, b)]
+    want = torch.nn.functional.silu(torch.nn.functional.linear(*args)) + r.to(DEV)
+    with torch.no_grad():
+        got = ops.linear_silu(*args, residual=r.to(DEV))
+    assert got.shape == (3, 5, 16) and len(launches) == 1
+    _close(got, want)
+    launches.clear()
+    leaf = args[0].clone().requires_grad_()
+    _close(ops.linear_silu(leaf, *args[1:], residual=r.to(DEV)), want)
+    with torch.no_grad():
+        _close(ops.linear_silu(*(t.double() for t in args), residual=r.double().to(DEV)), want.double(),
+               torch.float32)
+        with ops.aten_linear():
+            _close(ops.linear_silu(*args, residual=r.to(DEV)), want)
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            ops.linear_silu(*args)
+        # a residual that only broadcasts to the output: the composite path
+        _close(ops.linear_silu(*args, residual=r[0, 0].to(DEV)), want - r.to(DEV) + r[0, 0].to(DEV))
+    assert launches == []
+
+
 # --- bases ---
 
 def _distances(n, cutoff, dtype, seed):
@@ -861,7 +1002,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 mods = {m: importlib.import_module("pamnet_fast.ops.triton." + m)
-        for m in ("neighbors", "triplets", "segment", "message", "basis", "_common")}
+        for m in ("neighbors", "triplets", "segment", "message", "basis", "dense", "_common")}
 I = "*i64"
 F32, F64 = tl.float32, tl.float64
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -881,12 +1022,14 @@ def case(mod, name, fp, types, constexprs, fusion=True):
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     tag = ",".join(f"{k}={v}" for k, v in constexprs.items()
-                   if k in ("FILL", "SORT", "SEG", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R"))
+                   if k in ("FILL", "SORT", "SEG", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N"))
     warps = 8 if constexprs.get("SEG", 1) > 1024 else 4
     return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
 scan = dict(key_ptr=I, order_ptr=I, graph_ptr=I, dims_ptr=I, base_ptr=I, cell_start_ptr=I, active_ptr="*i1",
             ptr_ptr=I, count_ptr=I, out_src_ptr=I, out_dst_ptr=I, n="i64")
 scan_cx = dict(LOOP=False, HAS_ACTIVE=False, BLOCK_C=32)
+dense = dict(M="i32", N="i32", K="i32", stride_wn="i32", stride_wk="i32")
+dense_cx = dict(HAS_BIAS=True, HAS_RES=True, SILU=True, DOT_F32=False, BLOCK_M=32, BLOCK_N=128, BLOCK_K=32)
 cases = [
     case("neighbors", "_cells_kernel", "*fp64", dict(size_ptr=I, h="fp32", dims_ptr=I, cells_ptr=I, n="i64"), dict(BLOCK=256), False),
     case("neighbors", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", graph_ptr=I, dims_ptr=I, base_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
@@ -905,6 +1048,9 @@ cases = [
     case("message", "_bwd_segment_kernel", "*fp16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
     case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
     case("message", "_bwd_transposed_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, BY_ROW=True, HAS_ROW=True, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=64)),
+    case("dense", "_linear_act_kernel", "*fp32", dense, dense_cx),
+    case("dense", "_linear_act_kernel", "*bf16", dense, dense_cx),
+    case("dense", "_linear_act_kernel", "*fp32", dense, dict(dense_cx, BLOCK_N=16)),
     case("_common", "_csr_check_kernel", I, dict(num_ptr="i64", nnz="i64", num_a="i64", upper_a="i64", num_b="i64", upper_b="i64", flag_ptr="*i32"), dict(BLOCK=1024)),
     case("basis", "_bessel_kernel", "*fp32", dict(num_edges="i32", num_radial="i32", p="i32"), dict(BACKWARD=True, NEED_DIST=True, NEED_FREQ=True, NUM_SERIES=9, BLOCK_E=64, BLOCK_N=8)),
     case("basis", "_spherical_kernel", "*fp32", dict(l_ptr="*i32", num_rows="i32", num_cols="i32", num_l="i32", p="i32"), dict(BACKWARD=False, NEED_DIST=False, NEED_ANGLE=False, NUM_TERMS=30, BLOCK_T=32, BLOCK_C=64)),
@@ -918,6 +1064,7 @@ for name, src, opts in cases:
         regs, spills = registers(kernel.asm.get("cubin"))
         out[name] = {"ok": True, "fma": len(re.findall(r"\bfma\.", ptx)),
                      "atomics": len(re.findall(r"\b(?:atom|red)\.", ptx)),
+                     "mma": len(re.findall(r"\b(?:w?gmma|mma)\.", ptx)), "tf32": "tf32" in ptx,
                      "sqrt": sorted(set(re.findall(r"\bsqrt\.[\w.]+", ptx))),
                      "regs": regs, "spills": spills}
     except Exception as exc:
@@ -927,14 +1074,15 @@ print("RESULT " + json.dumps(out))
 
 
 _MESSAGE_KERNELS = ("gather_mul_sum_kernel", "_scale_rows_kernel", "_fwd_kernel", "_bwd_segment_kernel",
-                    "_bwd_transposed_kernel")
+                    "_bwd_transposed_kernel", "_linear_act_kernel")
 
 
 def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
     """Compile the kernels to PTX for an H100 (sm_90) in a process without TRITON_INTERPRET: catches
     what only the compiler rejects, and checks that the neighbor-search distance has no FMA and an
     IEEE square root (the GPU edge set then equals the CPU's bit for bit), and that the message
-    kernels have no atomics and no register spills (registers per kernel: run with -s)."""
+    and dense kernels have no atomics and no register spills (registers per kernel: run with -s), and
+    that the dense GEMM is full float32 for float32 (no TF32) and on tensor cores for bfloat16."""
     import json
     import os
     import pathlib
@@ -957,6 +1105,8 @@ def test_kernels_compile_for_sm90_and_neighbor_search_has_no_fma():
     for name in (k for k in result if k.split("[")[0] in _MESSAGE_KERNELS):
         assert result[name]["atomics"] == 0, result[name]  # deterministic sums
         assert result[name]["spills"] in (0, None), result[name]
+    for name in (k for k in result if k.startswith("_linear_act_kernel")):
+        assert not result[name]["tf32"] and (result[name]["mma"] > 0) == ("bf16" in name), result[name]
     for name in (k for k in result if k.startswith("_scan_kernel")):
         assert result[name]["fma"] == 0, result[name]
         assert result[name]["sqrt"] and all(".rn." in s for s in result[name]["sqrt"]), result[name]

@@ -1,4 +1,6 @@
-r"""Dense layers of the PAMNet models, on :func:`pamnet_fast.ops.linear` (oneDNN on CPU float32).
+r"""Dense layers of the PAMNet models, on :func:`pamnet_fast.ops.linear` (oneDNN on CPU float32) and
+:func:`pamnet_fast.ops.linear_silu` (without autograd recording, one kernel: oneDNN on CPU float32, a
+Triton GEMM on CUDA).
 
 State-dict names are those of ``nn.Linear`` / ``nn.Sequential(nn.Linear, nn.SiLU)``, so checkpoints of
 either form load into the other.

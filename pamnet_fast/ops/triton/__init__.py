@@ -9,15 +9,18 @@ The functions named like the public ops (:func:`radius_graph`, :func:`knn_graph`
 :func:`spherical_basis`) take the public signatures of :mod:`pamnet_fast.ops` and launch the kernels
 directly, bypassing the dispatcher, so that with ``TRITON_INTERPRET=1`` (set before Triton is
 imported) they run on CPU tensors through Triton's interpreter. They are forward-only (no autograd);
-the backward kernels are in :data:`KERNELS` (``*_backward``).
+the backward kernels are in :data:`KERNELS` (``*_backward``). :func:`linear_act` (``act(x W^T + b)
+(+ residual)``, one launch) is no schema op: :func:`pamnet_fast.ops.linear_silu` calls it directly on
+CUDA when no gradient is recorded.
 
 Note: the launcher :func:`triplets` shadows the submodule attribute of the same name; import the
 module itself as ``importlib.import_module("pamnet_fast.ops.triton.triplets")`` when needed.
 
 Importing needs only ``triton``; launching needs a GPU or the interpreter. Modules: ``neighbors``
 (radius/kNN: cell list + COUNT/FILL), ``triplets``, ``segment`` (segment_gather_mul), ``message``
-(fused_edge_message), ``basis`` (Bessel and spherical bases). Gradients w.r.t. gathered inputs use
-a transposed CSR, so every kernel is deterministic and atomic-free.
+(fused_edge_message), ``basis`` (Bessel and spherical bases), ``dense`` (GEMM with a bias, SiLU and
+residual epilogue). Gradients w.r.t. gathered inputs use a transposed CSR, so every kernel is
+deterministic and atomic-free.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"pamnet_fast.ops.triton needs triton: {type(exc).__name__}: {exc}") from exc
 
 from . import basis as _basis
+from . import dense as _dense
 from . import message as _message
 from . import neighbors as _neighbors
 from . import segment as _segment
@@ -53,7 +57,9 @@ KERNELS = {
     "spherical_basis_backward": _basis.spherical_basis_backward,
 }
 
-__all__ = ["KERNELS", "INTERPRET", "radius_graph", "knn_graph", "triplets", "segment_gather_mul",
+linear_act = _dense.linear_act
+
+__all__ = ["KERNELS", "INTERPRET", "linear_act", "radius_graph", "knn_graph", "triplets", "segment_gather_mul",
            "fused_edge_message", "bessel_basis", "spherical_basis"]
 
 
