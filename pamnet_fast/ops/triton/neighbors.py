@@ -199,7 +199,7 @@ def _scan(grid: _Grid, r: float, loop: bool, active: Optional[Tensor] = None,
     ws = grid.ws
     n, dev, dtype = grid.order.numel(), ws.pos.device, ws.pos.dtype
     fill = ptr is not None
-    ei = dist = ws.counts
+    ei = dist = ws.counts  # (COUNT writes no edges: placeholders for the output pointers)
     if fill:
         ei = torch.empty(2, total, dtype=torch.int64, device=dev)
         dist = torch.empty(total, dtype=dtype, device=dev) if with_dist else ei
