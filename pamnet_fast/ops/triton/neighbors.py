@@ -316,7 +316,8 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], 
         radius = 1.0
     r_cap = math.inf if r is None else _rounded(r, pos.dtype)
     active = torch.ones(n, dtype=torch.bool, device=dev)
-    src_out = torch.full((n * k,), -1, dtype=torch.int64, device=dev)  # slot t * k + rank of target t
+    # slot t * k + rank of target t, and one spare slot (n * k) for the entries past the k nearest
+    slots = torch.full((n * k + 1,), -1, dtype=torch.int64, device=dev)
     while True:
         radius = min(radius, r_cap)
         final = radius >= r_cap
@@ -325,7 +326,7 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], 
         _scan(grid, r_dtype, loop, active=active)
         counts = ws.counts[1:]
         done = active if final else active & (counts >= need)
-        ptr = _csr(torch.where(done, counts, 0))
+        ptr = _csr(counts * done)
         active = active & ~done
         total, still_open = _read(torch.stack([ptr[-1], active.sum()]))  # one read per round
         ei, dist = _scan(grid, r_dtype, loop, active=done, ptr=ptr, total=total, with_dist=True)
@@ -335,14 +336,13 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], 
         rank = torch.arange(total, device=dev) - ptr[d]
         # The k nearest of each done target go to its k slots; the others to a spare slot.
         slot = torch.where(rank < k, d * k + rank, n * k)
-        spare = torch.cat([src_out, src_out.new_empty(1)])
-        spare.index_put_((slot,), src[o])
-        src_out = spare[:-1]
+        slots.index_put_((slot,), src[o])
         if not still_open:
             break
         radius *= 2.0
         if radius > 2.0 * diag_max:
             radius = math.inf
+    src_out = slots[:-1]
     # Targets with fewer than k neighbors within r leave -1 slots: drop them, sort each list by source.
     dst_out = torch.arange(n * k, device=dev) // k
     key = torch.where(src_out >= 0, dst_out * n + src_out, n * n)
