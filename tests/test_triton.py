@@ -236,17 +236,18 @@ def test_neighbor_search_real_rna(shared_data):
 
 
 def test_neighbor_search_launch_and_read_budget(monkeypatch):
-    """radius_graph: 4 Triton launches (CELLS, BIN, COUNT, FILL) and one device->host read (the edge
-    total and the largest count); kNN: one read at the start and one per round, 4 launches per round.
-    Validation
-    (which reads the batch vector) is excluded here: it is the same for every backend."""
+    """radius_graph: 5 Triton launches (GRAPHS, BIN, SLOTS, COUNT, FILL), 5 torch ops (the scratch
+    allocation, the key sort, ptr and its cumsum, the output) and one device->host read (the edge
+    total and the largest count), for one graph or a batch alike; kNN: GRAPHS and one read at the
+    start, then one read and 5 launches per round. Validation (which reads the batch vector) is
+    excluded here: it is the same for every backend."""
     import types
     from pamnet_fast.ops.triton import neighbors as nb
     launches, reads = [], []
     launch, read = nb._launch, nb._read
     from torch.utils._python_dispatch import _disable_current_modes
 
-    from pamnet_fast.host_syncs import HostSyncCounter
+    from pamnet_fast.host_syncs import _VIEWS, HostSyncCounter
 
     def counted_launch(kernel, *args, **meta):
         launches.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
@@ -265,8 +266,13 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
             got = nb.radius_graph(pos, 1.1, b, False, -1, False)
         _graphs_equal(got, reference.radius_graph(pos, 1.1, b))
         assert counter.syncs == [], counter.syncs
-        assert len(reads) == 1 and len(launches) == 4, (reads, launches)
-        assert counter.ops < 45, counter.ops  # small torch ops around the 4 kernels (was < 60)
+        assert reads == [2], reads
+        assert launches == ["_graphs_kernel", "_bin_kernel", "_slots_kernel", "_scan_kernel",
+                            "_scan_kernel"], launches
+        # was 32 ops (34 with a batch) around 4 launches
+        kernel_ops = {name: c for name, c in counter.op_counts.items() if name not in _VIEWS}
+        assert kernel_ops == {"empty": 3, "sort": 1, "cumsum": 1}, kernel_ops
+        assert counter.kernel_ops + len(launches) == 10
         if b is None:
             continue
         launches.clear(), reads.clear()
@@ -276,9 +282,34 @@ def test_neighbor_search_launch_and_read_budget(monkeypatch):
         _graphs_equal(got, reference.knn_graph(pos, 5, b))
         assert counter.syncs == [], counter.syncs
         rounds = launches.count("_bin_kernel")
-        assert rounds >= 1 and len(launches) == 4 * rounds, launches
+        assert rounds >= 1 and len(launches) == 1 + 5 * rounds, launches
         assert len(reads) == 2 + rounds, (reads, rounds)
 
+
+def test_radius_graph_without_value_checks_is_safe_on_bad_values():
+    """``check_values=False`` on values the checks would reject: NaN and infinite positions give the
+    reference's edges (non-finite distances are never ``<= r``; the grid of such a graph is one
+    cell), and an unsorted batch with negative values still gives a well-formed graph whose edges
+    join nodes of one run of equal batch values (no read or write out of bounds)."""
+    pos = _random_pos(60, 3.0, torch.float64, 12)
+    pos[3, 0], pos[17, 2], pos[40] = math.nan, math.inf, -math.inf
+    batch = torch.tensor([0] * 30 + [1] * 30)
+    for b in (None, batch):
+        got = KERNELS["radius_graph"](pos.to(DEV), 1.2, None if b is None else b.to(DEV), True, -1, False,
+                                      False)
+        _graphs_equal(got, reference.radius_graph(pos, 1.2, b, loop=True))
+    # (all-NaN graphs too: the box of a graph without a finite coordinate)
+    nan_pos = torch.full((5, 3), math.nan)
+    _graphs_equal(KERNELS["radius_graph"](nan_pos.to(DEV), 1.0, None, False, -1, False, False),
+                  reference.radius_graph(nan_pos, 1.0))
+    unsorted = torch.tensor([3, 3, -1, -1, 0, 3, 3, 2] * 5 + [7] * 20)
+    runs = torch.cat([torch.zeros(1, dtype=torch.long), (unsorted[1:] != unsorted[:-1]).long().cumsum(0)])
+    ei, ptr = KERNELS["radius_graph"](pos.to(DEV), 1.5, unsorted.to(DEV), False, -1, False, False)
+    ei, ptr = ei.cpu(), ptr.cpu()
+    assert ptr[0] == 0 and ptr[-1] == ei.size(1) and bool((ptr[1:] >= ptr[:-1]).all())
+    assert torch.equal(runs[ei[0]], runs[ei[1]])
+    want = reference.radius_graph(pos, 1.5, runs)  # the runs as graphs
+    _graphs_equal((ei, ptr), want)
 
 
 # --- host reads of every launcher, and the model on the Triton kernels (the CUDA path) ---
@@ -1002,7 +1033,8 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 mods = {m: importlib.import_module("pamnet_fast.ops.triton." + m)
-        for m in ("neighbors", "triplets", "segment", "message", "basis", "dense", "_common")}
+        for m in ("neighbors", "neighbor_grid", "triplets", "segment", "message", "basis", "dense",
+                  "_common")}
 I = "*i64"
 F32, F64 = tl.float32, tl.float64
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -1017,26 +1049,27 @@ def registers(cubin):
     os.unlink(fh.name)
     found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", log)
     return (int(found.group(1)), int(found.group(2)) + int(found.group(3))) if found else (None, None)
-def case(mod, name, fp, types, constexprs, fusion=True):
+def case(mod, name, fp, types, constexprs, fusion=True, warps=None):
     fn = getattr(mods[mod], name)
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     tag = ",".join(f"{k}={v}" for k, v in constexprs.items()
                    if k in ("FILL", "SORT", "SEG", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N"))
-    warps = 8 if constexprs.get("SEG", 1) > 1024 else 4
+    warps = warps or (8 if constexprs.get("SEG", 1) > 1024 else 4)
     return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
-scan = dict(key_ptr=I, order_ptr=I, graph_ptr=I, dims_ptr=I, base_ptr=I, cell_start_ptr=I, active_ptr="*i1",
-            ptr_ptr=I, count_ptr=I, out_src_ptr=I, out_dst_ptr=I, n="i64")
+scan = dict(key_ptr=I, order_ptr=I, row_ptr=I, dims_ptr=I, cell_start_ptr=I, r_bits="i32", active_ptr="*i1",
+            ptr_ptr=I, count_ptr=I, totals_ptr=I, out_src_ptr=I, out_dst_ptr=I, n="i64")
 scan_cx = dict(LOOP=False, HAS_ACTIVE=False, BLOCK_C=32)
 dense = dict(M="i32", N="i32", K="i32", stride_wn="i32", stride_wk="i32")
 dense_cx = dict(HAS_BIAS=True, HAS_RES=True, SILU=True, DOT_F32=False, BLOCK_M=32, BLOCK_N=128, BLOCK_K=32)
 cases = [
-    case("neighbors", "_cells_kernel", "*fp64", dict(size_ptr=I, h="fp32", dims_ptr=I, cells_ptr=I, n="i64"), dict(BLOCK=256), False),
-    case("neighbors", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", graph_ptr=I, dims_ptr=I, base_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
+    case("neighbor_grid", "_graphs_kernel", "*fp64", dict(pos_ptr="*fp32", batch_ptr=I, h_bits="i64", dims_ptr=I, row_ptr=I, totals_ptr=I, n="i64"), dict(HAS_BATCH=True, ROWS=16, BLOCK=1024), False, 8),
+    case("neighbor_grid", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", row_ptr=I, dims_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
+    case("neighbor_grid", "_slots_kernel", "*fp32", dict(order_ptr=I, key_ptr=I, cell_start_ptr=I, n="i64", num_cells="i64", steps="i32"), dict(BLOCK=256), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=False, SORT=False, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=1), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=64), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=True, SORT=True, WITH_DIST=False, IS_F64=False, BLOCK_T=1, SEG=2048, BLOCK_C=256), False),
-    case("neighbors", "_scan_kernel", "*fp64", scan, dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
+    case("neighbors", "_scan_kernel", "*fp64", dict(scan, r_bits="i64"), dict(scan_cx, FILL=True, SORT=False, WITH_DIST=True, IS_F64=True, BLOCK_T=32, SEG=1, HAS_ACTIVE=True), False),
     case("triplets", "_triplet_kernel", I, dict(num_edges="i64", total="i64"), dict(TWO_HOP=True, KEEP_SELF=False, FILL=True, BLOCK_E=32, BLOCK_K=32)),
     case("segment", "gather_mul_sum_kernel", "*fp32", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=False, BLOCK_S=16, BLOCK_F=128)),
     case("segment", "gather_mul_sum_kernel", "*bf16", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
