@@ -7,7 +7,7 @@ On a GPU machine (inputs from ``python3 benchmarks/save_gpu_inputs.py`` in ``ben
 runs ``pytest benchmarks/test_gpu.py --benchmark-only --benchmark-json=DIR/gpu_results.json`` (each
 finished case is also appended to ``DIR/gpu_results.jsonl``) and writes ``DIR/RESULTS_GPU.md`` with
 ``benchmarks/write_gpu_results.py`` (from the JSON, or from the JSON lines if pytest was cut short).
-``--tests`` first runs ``tests/test_triton.py`` on the device (its summary and failures go into the
+``--tests`` first runs ``tests/test_triton*.py`` on the device (its summary and failures go into the
 results file). ``DIR`` defaults to ``benchmarks/``. Extra arguments after ``--`` go to pytest (e.g. ``-- -k message``).
 Cases that would start after ``--budget`` seconds (default 480) are skipped and listed as such, so
 that a 10-minute slot on a lent GPU always ends with the results file written.
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
                     help="PAMNET_FAST_TRITON_AUTOTUNE=1: the segment kernels' tiles by triton.autotune "
                          "instead of the rule (compare the two runs' message-op rows)")
     ap.add_argument("--tests", action="store_true",
-                    help="first run tests/test_triton.py on the device (the kernels against the "
+                    help="first run tests/test_triton*.py on the device (the kernels against the "
                          "reference ops); its summary goes into RESULTS_GPU.md")
     ap.add_argument("--tests-timeout", type=float, default=240.0,
                     help="seconds the --tests step may take before it is stopped (the benchmarks still "
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         try:
             proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   str(REPO / "tests" / "test_triton.py")], env=env, cwd=REPO,
+                                   *sorted(str(p) for p in (REPO / "tests").glob("test_triton*.py"))],
+                                  env=env, cwd=REPO,
                                   capture_output=True, text=True, timeout=args.tests_timeout)
             stdout = proc.stdout
             summary = (stdout.strip().splitlines() or ["(no output)"])[-1]
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
             stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
             summary = f"stopped after {args.tests_timeout:.0f} s (--tests-timeout)"
         failed = [ln for ln in stdout.splitlines() if ln.startswith("FAILED")]
-        text = f"tests/test_triton.py on {args.device}: {summary} ({time.time() - t0:.0f} s)\n"
+        text = f"tests/test_triton*.py on {args.device}: {summary} ({time.time() - t0:.0f} s)\n"
         tests_path.write_text(text + "".join(f"{ln}\n" for ln in failed))
         print(text + stdout[-3000:], flush=True)
     cmd = [sys.executable, "-m", "pytest", str(HERE / "test_gpu.py"), "--benchmark-only",

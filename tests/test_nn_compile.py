@@ -131,7 +131,7 @@ def test_trainer_compiles_pamnet_fullgraph_and_other_models_generically():
 def test_reduce_overhead_mode_compiles_with_inductor_for_a_fixed_shape():
     """``compile_model(model, mode="reduce-overhead", dynamic=False)``: Inductor compiles the whole
     forward for one batch shape (the CUDA-graph mode; on the CPU Inductor skips the CUDA graph and
-    the rest is the same); outputs equal the eager model's. On a GPU, tests/test_triton.py replays
+    the rest is the same); outputs equal the eager model's. On a GPU, tests/test_triton_model.py replays
     it as a CUDA graph."""
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ Design (radius graph, at most one device->host read: the edge total and largest 
   ``truncate=True`` the nearest (ties: smaller index) by stable sorts: a rare path that reads more.
 * Launches of a call: GRAPHS, BIN, SLOTS, COUNT, FILL (5 Triton kernels) and 5 torch ops (one
   scratch allocation carved into every table, the key sort, ``ptr`` and its cumsum, the output),
-  whatever the number of graphs; ``tests/test_triton.py`` pins them and the reads.
+  whatever the number of graphs; ``tests/test_triton_neighbors.py`` pins them and the reads.
 * Registers (ptxas for sm_90a, without a GPU): GRAPHS 128 (8 warps), BIN 60, SLOTS 30; COUNT
   16 x 32 tile 168; FILL + sort 216 at SEG = 64, 64 and 16 bytes of spills at SEG = 2048 (8 warps);
   the float64 FILL with distances (kNN) 255 and spills, as before. (A 32 x 32 COUNT tile took 255
@@ -59,7 +59,7 @@ Compiled for a GPU, two things could make a distance differ from the CPU's in th
 matters only for pairs within ~1 ulp of ``r``): (1) Triton contracts ``dx*dx + dy*dy`` into an FMA by
 default; (2) ``tl.sqrt`` is ``sqrt.approx.f32``. So these kernels are launched with
 ``enable_fp_fusion=False`` (no contraction, ``ptxas --fmad=false``) and float32 uses ``tl.sqrt_rn``
-(IEEE; float64 ``sqrt`` is always IEEE). ``tests/test_triton.py`` compiles them for sm_90 and checks
+(IEEE; float64 ``sqrt`` is always IEEE). ``tests/test_triton_compile.py`` compiles them for sm_90 and checks
 the PTX (no ``fma``, ``sqrt.rn``). ``r`` reaches them as the bits of its value in the dtype of
 ``pos`` (an int argument: a float one would be rounded to float32). Cells are ``r * (1 + 2^-10)``
 wide and binned in float64, so rounding never hides a neighbor cell. (Established under the
