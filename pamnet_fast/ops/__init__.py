@@ -13,9 +13,7 @@ from .dense import aten_linear, linear, linear_backend, linear_silu
 
 __all__ = [
     "backend", "extension_error", "radius_graph", "knn_graph", "triplets", "Triplets", "triplet_angles",
-    "triplet_sizes",
-    "segment_gather_mul", "fused_edge_message", "transposed_csr", "bessel_basis", "bessel_frequencies",
-    "spherical_basis",
-    "spherical_bessel_zeros", "linear", "linear_silu", "linear_backend",
-    "aten_linear",
+    "triplet_sizes", "segment_gather_mul", "fused_edge_message", "transposed_csr", "bessel_basis",
+    "bessel_frequencies", "spherical_basis", "spherical_bessel_zeros", "linear", "linear_silu",
+    "linear_backend", "aten_linear",
 ]
