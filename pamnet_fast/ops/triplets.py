@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -60,8 +59,8 @@ def triplet_sizes(edge_index: Tensor, num_nodes: int, *, include_self_pairs: boo
     without enumerating them and without a host read (so they can be read with other counts).
 
     With :math:`d_v` the in-degree of node :math:`v`: one-hop :math:`\sum_v d_v^2` minus :math:`E`
-    (the self pairs, unless ``include_self_pairs``); two-hop :math:`\sum_{(j 	o i)} d_j - m_{ij}`
-    with :math:`m_{ij}` the number of edges :math:`i 	o j` (the excluded :math:`k = i`; counted, so
+    (the self pairs, unless ``include_self_pairs``); two-hop :math:`\sum_{(j \to i)} d_j - m_{ij}`
+    with :math:`m_{ij}` the number of edges :math:`i \to j` (the excluded :math:`k = i`; counted, so
     duplicate edges count as in :func:`triplets`).
 
     ``edge_index [2, E]`` sorted by target then source. ``keep [E]`` (bool): count only the kept
@@ -93,9 +92,9 @@ def triplet_angles(pos: Tensor, edge_index: Tensor, trip: Triplets, *, supplemen
                    two_hop: bool = True) -> Tuple[Optional[Tensor], Tensor]:
     r"""Angles of the two-hop and one-hop triplets, ``atan2(|u x v|, u . v)`` in :math:`[0, \pi]`.
 
-    two-hop :math:`k 	o j 	o i`: the bond angle at :math:`j` between :math:`u = p_i - p_j` and
-    :math:`v = p_k - p_j`. one-hop :math:`(j_2 	o i, j 	o i)`: the angle at :math:`i` between
-    :math:`u = p_j - p_i` and :math:`v = p_{j_2} - p_i`. ``supplement=True`` gives :math:`\pi - 	heta`,
+    two-hop :math:`k \to j \to i`: the bond angle at :math:`j` between :math:`u = p_i - p_j` and
+    :math:`v = p_k - p_j`. one-hop :math:`(j_2 \to i, j \to i)`: the angle at :math:`i` between
+    :math:`u = p_j - p_i` and :math:`v = p_{j_2} - p_i`. ``supplement=True`` gives :math:`\pi - \theta`,
     which is what DimeNet and the authors' PAMNet code feed to the spherical basis (they measure the
     angle between :math:`p_j - p_i` and :math:`p_k - p_j`). ``two_hop=False``: the one-hop angles
     only (``(None, one)``). Differentiable w.r.t. ``pos``.
