@@ -93,8 +93,6 @@ def read_counts(*counts) -> List:
     """The values of integer/boolean tensors (or of :class:`InputCheck` flags), read from the device in
     ONE host synchronization: an int for each 0-dim tensor, a list of ints for each 1-D one."""
     counts = [c.ok if isinstance(c, InputCheck) else c for c in counts]
-    if all(c.dim() == 0 for c in counts):
-        return torch.stack([c.long() for c in counts]).tolist()
     flat = torch.cat([c.reshape(-1).long() for c in counts]).tolist()
     out, at = [], 0
     for c in counts:
@@ -160,10 +158,9 @@ def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int,
     return pair, edge_row
 
 
-def _reverse_positions(edge_index: Tensor, key: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
-    """``(rev [E], found [E])``: where the reverse of each edge is in the sorted ``key`` (the first
-    such edge) and whether it is there."""
-    src, dst = edge_index[0], edge_index[1]
+def _reverse_positions(src: Tensor, dst: Tensor, key: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    """``(rev [E], found [E])``: where the reverse of each edge ``src -> dst`` is in the sorted
+    ``key`` (the first such edge) and whether it is there."""
     rev_key = src * num_nodes + dst
     rev = torch.searchsorted(key, rev_key).clamp_(max=max(src.numel() - 1, 0))
     return rev, key.index_select(0, rev) == rev_key
@@ -176,7 +173,7 @@ def _symmetry_counts(edge_index: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor
     if src.numel() == 0:
         zero = torch.zeros((), dtype=torch.long, device=src.device)
         return zero, zero
-    _, found = _reverse_positions(edge_index, dst * num_nodes + src, num_nodes)
+    _, found = _reverse_positions(src, dst, dst * num_nodes + src, num_nodes)
     return (found & (src != dst)).all(), (src < dst).sum()
 
 
@@ -249,7 +246,7 @@ def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
     edge_index = bonds.index_select(1, order)
     kept = ~loop.index_select(0, order)
     ptr = torch.searchsorted(key, torch.arange(num_nodes + 1, device=key.device) * num_nodes)
-    rev, found = _reverse_positions(edge_index, key, num_nodes)
+    rev, found = _reverse_positions(edge_index[0], edge_index[1], key, num_nodes)
     symmetric = (found | ~kept).all()
     num_pairs = (edge_index[0] < edge_index[1]).sum()
     sizes = [] if triplets is None else list(ops.triplet_sizes(
@@ -265,13 +262,13 @@ def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
     return BondPlex(edge_index, ptr, pairs, trip)
 
 
-def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int, by_key=None) -> Tuple[Tensor, Tensor]:
     """``(rev [E], all_found)``: the position of edge ``dst -> src`` for each edge ``src -> dst`` (any
     order), and a 0-dim boolean, on the device, telling whether every edge has its reverse (for the
-    caller to read with its other counts: no host read here)."""
-    key = dst * num_nodes + src
-    key, order = torch.sort(key, stable=True)
-    pos, found = _reverse_positions(torch.stack([src, dst]), key, num_nodes)
+    caller to read with its other counts: no host read here). ``by_key``: the caller's
+    ``torch.sort(dst * num_nodes + src, stable=True)``, when it has it."""
+    key, order = by_key if by_key is not None else torch.sort(dst * num_nodes + src, stable=True)
+    pos, found = _reverse_positions(src, dst, key, num_nodes)
     rev = order.index_select(0, pos) if key.numel() else pos
     return rev, found.all()
 
@@ -399,19 +396,24 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     pair_g, edge_row_g = pairs_g or (None, None)
     t_g = t_l = None
     if transposes and global_plex:
-        t_g = _plex_transposes(ei_g, ptr_g, n, edge_row_g, None if pair_g is None else pair_g.numel())
+        t_g = _plex_transposes(ei_g, ptr_g, n, pairs_g)
     if transposes and local_plex:
         sending, angle_ptr = ((angles.src, angles.ptr) if angles is not None else
                               (trip.one_hop_j2i, trip.one_hop_ptr))
-        t_l = _plex_transposes(ei_l, ptr_l, n, edge_row_l, None if pair_l is None else pair_l.numel(),
+        t_l = _plex_transposes(ei_l, ptr_l, n, pairs_l,
                                ops.transposed_csr(sending, ei_l.size(1), angle_ptr))
     return Graphs(ei_g, ptr_g, dist_g, ei_l, ptr_l, dist_l, trip, edge_ids, pair_g, edge_row_g,
                   pair_l, edge_row_l, batch.long(), num_graphs, angles, t_g, t_l)
 
 
-def _plex_transposes(edge_index: Tensor, ptr: Tensor, num_nodes: int, edge_row: Optional[Tensor],
-                     num_rows: Optional[int], angles: Optional[Tensor] = None) -> PlexTransposes:
-    rows = edge_row if edge_row is not None else torch.arange(edge_index.size(1), device=ptr.device)
+def _plex_transposes(edge_index: Tensor, ptr: Tensor, num_nodes: int,
+                     pairs: Optional[Tuple[Tensor, Tensor]], angles: Optional[Tensor] = None
+                     ) -> PlexTransposes:
+    """The :class:`PlexTransposes` of a plex with its :func:`pair_rows` (or ``None``: every edge its
+    own row)."""
+    if pairs is None:
+        rows, num_rows = torch.arange(edge_index.size(1), device=ptr.device), edge_index.size(1)
+    else:
+        rows, num_rows = pairs[1], pairs[0].numel()
     return PlexTransposes(ops.transposed_csr(edge_index[0], num_nodes, ptr),
-                          ops.transposed_csr(rows, num_rows if edge_row is not None
-                                             else edge_index.size(1), ptr), angles)
+                          ops.transposed_csr(rows, num_rows, ptr), angles)

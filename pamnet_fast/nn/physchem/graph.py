@@ -67,13 +67,14 @@ def mol_batch(edge_index: Tensor, num_nodes: int, batch: Optional[Tensor], mass:
     src, dst = edge_index[0].long(), edge_index[1].long()
     checks.append(_flag((dst[1:] >= dst[:-1]).all(),
                         "PhysChem: edge_index must be sorted by target (edge_index[1] non-decreasing)"))
-    # the lookup clamps its positions, so out-of-range indices cannot fault before the read
-    rev, reverse_found = reverse_edges(src, dst, num_nodes)
+    # one sort by (target, source) serves the reverse lookup and triplet_sizes (which needs that
+    # order; the sizes do not depend on it). The lookup clamps its positions, so out-of-range
+    # indices cannot fault before the read.
+    by_key = torch.sort(dst * num_nodes + src, stable=True)
+    rev, reverse_found = reverse_edges(src, dst, num_nodes, by_key)
     checks.append(_flag(reverse_found, "PhysChem needs every bond in both directions "
                                        "(edge_index must be symmetric)"))
-    # triplet_sizes wants the edges sorted by (target, source); the sizes do not depend on the order
-    by_key = torch.sort(dst * num_nodes + src, stable=True).indices
-    sizes = ops.triplet_sizes(edge_index.long().index_select(1, by_key), num_nodes,
+    sizes = ops.triplet_sizes(edge_index.long().index_select(1, by_key.indices), num_nodes,
                               include_self_pairs=True)
     if batch is None:
         batch = torch.zeros(num_nodes, dtype=torch.long, device=device)
