@@ -257,6 +257,7 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
   check_rows(op, "p", p, pt.numel() - 1, "the number of targets (len(ptr) - 1)");
   if (check_values) check_range(op, "src", sr, q.size(0));
   check_transpose(op, "src_transpose", src_transpose, E, q.size(0));
+  TORCH_CHECK_VALUE(!row_transpose || edge_row, op, ": row_transpose given without edge_row");
   check_transpose(op, "row_transpose", row_transpose, E, r.size(0));
   return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
                                         pt, sr, er);

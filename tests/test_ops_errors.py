@@ -104,6 +104,8 @@ def test_segment_gather_mul_rejects_inconsistent_csr(change, exc, msg):
     (dict(p=torch.randn(3, 5), ptr=torch.tensor([0, 3, 1, 4])), "non-decreasing"),
     (dict(edge_row=torch.tensor([0, 1, 4, 2])), "edge_row.*outside"),
     (dict(edge_row=torch.tensor([0, 1, 2])), "src has 4 rows"),
+    (dict(row_transpose=torch.zeros(13, dtype=torch.long)), "row_transpose given without edge_row"),
+    (dict(src_transpose=torch.zeros(5, dtype=torch.long)), "src_transpose must have 2 \\* 4 \\+ 3"),
 ])
 def test_fused_edge_message_rejects_bad_input(change, msg):
     args = dict(p=torch.randn(2, 5), q=torch.randn(3, 5), r=torch.randn(4, 5), s=torch.randn(4, 5),
@@ -142,6 +144,11 @@ def test_reference_backend_raises_the_same_errors(name):
         a, src, b, _ = segment_args()
         with pytest.raises(ValueError, match="end at 4"):
             impl(a, src, b, torch.tensor([0, 1, 3]))
+        with pytest.raises(ValueError, match="row_transpose given without edge_row"):
+            library.REFERENCE_IMPLS["fused_edge_message"](
+                torch.randn(2, 5), torch.randn(3, 5), torch.randn(4, 5), torch.randn(4, 5),
+                torch.tensor([0, 1, 4]), torch.tensor([0, 2, 1, 1]), None, True, None,
+                torch.zeros(13, dtype=torch.long))
     else:
         with pytest.raises(ValueError, match="sorted by target"):
             impl(EI.flip(1), 10, False)

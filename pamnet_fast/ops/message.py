@@ -87,7 +87,5 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
     kernel = _kernel or _ops().fused_edge_message
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
-    if row_transpose is not None and edge_row is None:
-        raise ValueError(f"{op}: row_transpose given without edge_row")
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
                   _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)

@@ -109,6 +109,8 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     checks.rows_match(op, "src", src, E, edges)
     checks.rows_match(op, "p", p, ptr.numel() - 1, "the number of targets (len(ptr) - 1)")
     checks.transpose(op, "src_transpose", src_transpose, src.numel(), q.size(0))
+    if row_transpose is not None and edge_row is None:
+        raise ValueError(f"{op}: row_transpose given without edge_row")
     checks.transpose(op, "row_transpose", row_transpose, src.numel(), r.size(0))
     if values:
         checks.not_capturing(op, ptr)
