@@ -22,7 +22,6 @@ import warnings
 from typing import Dict, Optional
 
 import torch
-from torch import Tensor
 
 from . import checks, reference, validate
 

@@ -20,7 +20,8 @@ Importing needs only ``triton``; launching needs a GPU or the interpreter. Modul
 (radius/kNN: cell list + COUNT/FILL), ``triplets``, ``segment`` (segment_gather_mul), ``message``
 (fused_edge_message), ``basis`` (Bessel and spherical bases), ``dense`` (GEMM with a bias, SiLU and
 residual epilogue). Gradients w.r.t. gathered inputs use a transposed CSR, so every kernel is
-deterministic and atomic-free.
+deterministic: no float atomics (the neighbor search's and the checks' integer atomics give the same
+result in any order).
 """
 from __future__ import annotations
 
