@@ -1,5 +1,12 @@
 """Shared helpers of the Triton kernel tests (``tests/test_triton*.py``): devices, tolerances, inputs,
-and the interpreter hooks that route ops to the Triton kernels on CPU tensors and count launches."""
+and the interpreter hooks that route ops to the Triton kernels on CPU tensors and count launches.
+
+Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
+kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
+same tests run the compiled kernels on CUDA tensors.
+
+Import it after ``pytest.importorskip("triton")``: it imports the Triton kernels.
+"""
 import warnings
 
 import torch
@@ -13,6 +20,8 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = tk.KERNELS
 REF = library.REFERENCE_IMPLS
 DTYPES = (torch.float32, torch.float64)
+
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 

@@ -1,24 +1,16 @@
 """Triton kernels against the reference twins: triplets, the message ops, the bases.
 
-Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
-kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
-same tests run the compiled kernels on CUDA tensors.
+Shared setup and the interpreter's rules: ``_triton_util``.
 """
 import math
-import warnings
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from pamnet_fast.ops import library, reference
-    from pamnet_fast.ops import triton as tk
-
 from _triton_util import (DEV, DTYPES, KERNELS, REF, _close, _csr, _edges, _equal, _gen, _graphs_equal,
-                          _interpreter_outside_modes, _randn)
+                          _interpreter_outside_modes, library, _randn, reference, tk)
 
 pytestmark = pytest.mark.triton
 

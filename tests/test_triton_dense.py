@@ -1,22 +1,15 @@
 """The Triton GEMM with bias, SiLU and residual in its epilogue (the CUDA path of ``ops.linear_silu``).
 
-Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
-kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
-same tests run the compiled kernels on CUDA tensors.
+Shared setup and the interpreter's rules: ``_triton_util``.
 """
 import math
-import warnings
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from pamnet_fast.ops import triton as tk
-
-from _triton_util import DEV, _close, _gen, _interpreter_outside_modes, _route_dense_to_triton
+from _triton_util import DEV, _close, _gen, _interpreter_outside_modes, _route_dense_to_triton, tk
 
 pytestmark = pytest.mark.triton
 

@@ -1,25 +1,18 @@
 """The model on the Triton kernels (the CUDA path): host reads of every launcher, PAMNet's reads and
 launches, CUDA-graph capture (GPU only).
 
-Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
-kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
-same tests run the compiled kernels on CUDA tensors.
+Shared setup and the interpreter's rules: ``_triton_util``.
 """
 import importlib
 import math
-import warnings
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from pamnet_fast.ops import library
-
-from _triton_util import (DEV, KERNELS, _close, _edges, _gen, _interpreter_outside_modes, _random_pos,
-                          _reads_of, _route_dense_to_triton, _route_ops_to_triton)
+from _triton_util import (DEV, KERNELS, _close, _edges, _gen, _interpreter_outside_modes, library,
+                          _random_pos, _reads_of, _route_dense_to_triton, _route_ops_to_triton)
 
 pytestmark = pytest.mark.triton
 

@@ -1,24 +1,17 @@
 """Triton neighbor search (radius and kNN graphs) against the reference twins: exact edge sets, batches,
 real structures, and the launch and read budget.
 
-Without a GPU, ``conftest.py`` sets ``TRITON_INTERPRET=1`` before anything imports Triton, and the
-kernels run on CPU tensors through Triton's interpreter (slow: sizes here are small). With a GPU the
-same tests run the compiled kernels on CUDA tensors.
+Shared setup and the interpreter's rules: ``_triton_util``.
 """
 import math
-import warnings
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from pamnet_fast.ops import reference
-    from pamnet_fast.ops import triton as tk
-
-from _triton_util import DEV, DTYPES, KERNELS, REF, _batch_systems, _close, _graphs_equal, _random_pos
+from _triton_util import (DEV, DTYPES, KERNELS, REF, _batch_systems, _close, _graphs_equal, _random_pos,
+                          reference, tk)
 
 pytestmark = pytest.mark.triton
 
