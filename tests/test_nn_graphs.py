@@ -10,7 +10,7 @@ from pamnet_fast import ops
 from pamnet_fast.host_syncs import HostSyncCounter
 from pamnet_fast.nn import PAMNet, PAMNetConfig, PAMNetS, ProteinLigandHead, complex_batch
 from pamnet_fast.nn.graphs import (batch_of, bond_graph, build_graphs, csr_pointer, edge_distance,
-                                   pair_rows, sort_edges)
+                                   pair_rows, radius_subgraph, sort_edges)
 from test_nn_common import qm9_molecules, random_batch, rna_structure
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,6 +100,55 @@ def test_knn_compat_plexes_match_mask_reference():
         want, want_ptr = _ref_sorted(want.flip(0) if flip else want, data.num_nodes, drop_loops=False)
         assert torch.equal(ei, want) and torch.equal(ptr, want_ptr)
     assert g.pair_g is None and g.pair_l is None and g.num_graphs == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radius_subgraph_equals_the_search(dtype):
+    """A radius graph cut at a smaller cutoff is the search's graph at that cutoff, edge for edge,
+    with the triplet sizes ops.triplets finds: on a real RNA, and at the cutoff itself, which is
+    rounded to the dtype as the search rounds it (float32(2.2) > 2.2: that edge is kept)."""
+    data = rna_structure(6, dtype=dtype, max_atoms=400)
+    # two atoms exactly float(2.2 in dtype) apart, far from the others
+    edge = torch.tensor([[0.0, 1e3, 1e3], [float(torch.tensor(2.2, dtype=dtype)), 1e3, 1e3]],
+                        dtype=dtype)
+    pos = torch.cat([data.pos, edge])
+    n = pos.size(0)
+    ei_g, ptr_g = ops.radius_graph(pos, 6.0, return_ptr=True)
+    dist_g = edge_distance(pos, ei_g)
+    for r, self_pairs in ((2.2, False), (2.6, True), (6.0, False), (0.1, False)):
+        want, want_ptr = ops.radius_graph(pos, r, return_ptr=True)
+        with HostSyncCounter() as counter:
+            ei, ptr, kept, sizes = radius_subgraph(ei_g, ptr_g, dist_g, r, self_pairs)
+        assert counter.syncs == ["tolist"], counter.syncs
+        assert torch.equal(ei, want) and torch.equal(ptr, want_ptr), r
+        assert torch.equal(dist_g[kept], edge_distance(pos, want))
+        trip = ops.triplets(want, n, include_self_pairs=self_pairs)
+        assert sizes == [trip.two_hop_kj.numel(), trip.one_hop_j2i.numel()], r
+    assert (n - 2, n - 1) in set(map(tuple, radius_subgraph(ei_g, ptr_g, dist_g, 2.2)[0].t().tolist()))
+    empty = radius_subgraph(ei_g[:, :0], torch.zeros(n + 1, dtype=torch.long), dist_g[:0], 2.0)
+    assert empty[0].shape == (2, 0) and empty[3] == [0, 0]
+
+
+def test_local_plex_cut_from_global_plex():
+    """PAMNet with two radius plexes (RNA, PDBbind settings): the local plex cut from the global one
+    (the GPU default) is the searched one, so the model's output is bitwise the same; it reads
+    the local plex's size and triplet sizes once (here on the CPU, after the input checks)."""
+    torch.manual_seed(0)
+    data = rna_structure(6, max_atoms=200)
+    model = PAMNetS(PAMNetConfig.rna(knn=False, cutoff_g=6.0)).double()
+    searched = build_graphs(model.config, data.pos, None, local_from_global=False)
+    with HostSyncCounter() as counter:
+        cut = build_graphs(model.config, data.pos, None, local_from_global=True)
+    assert counter.syncs == ["tolist"] * 2, counter.syncs
+    for name in ("edge_index_l", "ptr_l", "dist_l", "pair_l", "edge_row_l", "edge_index_g"):
+        assert torch.equal(getattr(cut, name), getattr(searched, name)), name
+    for a, b in zip(cut.trip, searched.trip):
+        assert torch.equal(a, b)
+    assert torch.equal(model(data, cut), model(data, searched))
+    # a local cutoff above the global one is searched
+    wide = PAMNetConfig.rna(knn=False, cutoff_g=2.0, cutoff_l=2.6)
+    g = build_graphs(wide, data.pos, None, local_from_global=True)
+    assert torch.equal(g.edge_index_l, ops.radius_graph(data.pos, 2.6))
 
 
 def test_forward_with_prebuilt_graphs_equals_forward():

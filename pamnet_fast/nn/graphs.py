@@ -13,6 +13,7 @@ sorted by target, then source; ``ptr [N + 1]`` is the CSR pointer over targets.
 """
 from __future__ import annotations
 
+import struct
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -262,6 +263,45 @@ def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
     return BondPlex(edge_index, ptr, pairs, trip)
 
 
+def _rounded(r: float, dtype: torch.dtype) -> float:
+    """``r`` rounded to ``dtype`` as the neighbor searches round it (to nearest), on the host."""
+    if dtype == torch.float32:
+        return struct.unpack("f", struct.pack("f", r))[0]
+    if dtype == torch.float64:
+        return float(r)
+    raise ValueError(f"radius_subgraph: distances must be float32 or float64, got {dtype}")
+
+
+def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
+                    include_self_pairs: bool = False) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
+    r"""The edges of a radius graph within a smaller cutoff ``r``, without a second neighbor search.
+
+    ``edge_index [2, E]``, ``ptr [N + 1]``, ``dist [E]``: a radius graph (symmetric, no self-loops,
+    sorted by target then source) and its :func:`edge_distance`. An edge is kept iff ``dist <= r``
+    with ``r`` rounded to the dtype of ``dist``: the neighbor search's own rule on the same exact
+    distances, so the result equals ``radius_graph(pos, r)`` edge for edge, in the same order.
+
+    Returns ``(edge_index [2, E'], ptr [N + 1], order [E'], sizes)``: ``order`` the kept positions
+    (``dist[order]`` are the kept lengths) and ``sizes`` the lengths of its :func:`pamnet_fast.ops.triplets`
+    lists ``[two-hop, one-hop]``, read with ``E'`` in one host read. For a symmetric list without
+    duplicates both are :math:`\sum_v d_v^2 - E'` (the one-hop list :math:`\sum_v d_v^2` with
+    ``include_self_pairs``), :math:`d_v` the degree of node ``v``.
+    """
+    keep = dist <= _rounded(r, dist.dtype)
+    kept_before = torch.cumsum(keep, 0)
+    start = torch.cat([kept_before.new_zeros(1), kept_before])
+    ptr = start.index_select(0, ptr)
+    deg = ptr[1:] - ptr[:-1]
+    squares = (deg * deg).sum()
+    count, two_hop, squares = read_counts(ptr[-1], squares - ptr[-1], squares)
+    one_hop = squares if include_self_pairs else two_hop
+    # position of each kept edge in the result; the others write into a spare last slot, then cut
+    slot = torch.where(keep, kept_before - 1, count)
+    order = torch.zeros(count + 1, dtype=torch.long, device=dist.device)
+    order = order.scatter_(0, slot, torch.arange(keep.numel(), device=dist.device))[:count]
+    return edge_index.index_select(1, order), ptr, order, [two_hop, one_hop]
+
+
 def reverse_edges(src: Tensor, dst: Tensor, num_nodes: int, by_key=None) -> Tuple[Tensor, Tensor]:
     """``(rev [E], all_found)``: the position of edge ``dst -> src`` for each edge ``src -> dst`` (any
     order), and a 0-dim boolean, on the device, telling whether every edge has its reverse (for the
@@ -306,7 +346,8 @@ def _knn_compat(cfg, pos: Tensor, batch: Optional[Tensor], num_nodes: int,
 def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tensor] = None,
                  global_plex: bool = True, num_graphs: Optional[int] = None,
                  checks: Sequence[InputCheck] = (), merge_angles: bool = True,
-                 local_plex: bool = True, transposes: bool = False) -> Graphs:
+                 local_plex: bool = True, transposes: bool = False,
+                 local_from_global: Optional[bool] = None) -> Graphs:
     """Both plexes of a :class:`~.pamnet.PAMNetConfig` and the local triplets, per graph of ``batch``
     (graphs never interact).
 
@@ -326,12 +367,16 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     needs reading: radius plexes). ``merge_angles``: also the :class:`AngleLists` (PAMNet; PAMNet-s
     uses the one-hop list only). ``local_plex=False``: the local fields are ``None`` (the global
     plex alone). ``transposes``: also the :class:`PlexTransposes` of both plexes (for a backward on
-    the GPU kernels; sync-free).
+    the GPU kernels; sync-free). ``local_from_global``: a radius local plex with ``cutoff_l <=
+    cutoff_g`` is cut from the radius global plex (:func:`radius_subgraph`: the same edges, its size
+    and its triplet sizes in one read, no second neighbor search) instead of searched; default on a
+    GPU (on the CPU the C++ search of the small cutoff costs less than a pass over the global edges).
 
     Host reads: the input checks (with finite ``pos``, sorted ``batch`` and bonds in range) in one,
     riding on a bond list's sizes and, for a bond plex, its triplet sizes; then one per neighbor
-    search, and one for the triplets of a radius or kNN local plex. So a bond plex with a radius
-    global plex (QM9) reads twice. The searches and the triplet enumeration run after the checks
+    search, and one for the triplets of a radius or kNN local plex (with a local plex cut from the
+    global one, its size and triplet sizes in one read). So a bond plex with a radius global plex
+    (QM9) reads twice, two radius plexes three times. The searches and the triplet enumeration run after the checks
     with ``check_values=False``.
     """
     n = pos.size(0)
@@ -343,6 +388,11 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     if cfg.local_graph not in ("bonds", "radius"):
         raise ValueError(f"local_graph must be 'bonds' or 'radius', got {cfg.local_graph!r}")
     bonds_local = local_plex and cfg.local_graph == "bonds"
+    if local_from_global is None:  # on the CPU the search is cheaper than a pass over Eg
+        local_from_global = pos.device.type != "cpu"
+    local_from_global = (local_from_global and local_plex and global_plex and not compat_knn
+                         and cfg.local_graph == "radius" and cfg.global_graph == "radius"
+                         and cfg.cutoff_l <= cfg.cutoff_g)
     if bonds_local and bonds is None:
         raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
     # The input checks ride on the first read that sizes an edge list (a bond list's, or the
@@ -379,12 +429,18 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
             pass  # built above (its read carried the input checks)
         elif compat_knn:
             ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
+        elif local_from_global:
+            ei_l, ptr_l, kept, sizes = radius_subgraph(ei_g, ptr_g, dist_g, cfg.cutoff_l, compat)
+            dist_l = dist_g.index_select(0, kept)
+            trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False, sizes=sizes)
         else:
             ei_l, ptr_l = ops.radius_graph(pos, cfg.cutoff_l, batch, max_num_neighbors=mnn,
                                            return_ptr=True, check_values=False)
+        if not bonds_local and not compat_knn:  # radius plexes are symmetric by construction
             pairs_l = pair_rows(ei_l, n, symmetric=True)
-        dist_l = edge_distance(pos, ei_l)
-        if not bonds_local:  # (a bond plex came with its triplets)
+        if dist_l is None:
+            dist_l = edge_distance(pos, ei_l)
+        if trip is None:
             trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False)
         edge_ids = torch.arange(ei_l.size(1), device=pos.device)
         pair_l, edge_row_l = pairs_l or (None, None)
