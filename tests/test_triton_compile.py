@@ -42,16 +42,20 @@ def case(mod, name, fp, types, constexprs, fusion=True, warps=None):
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     tag = ",".join(f"{k}={v}" for k, v in constexprs.items()
-                   if k in ("FILL", "SORT", "SEG", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N"))
+                   if k in ("FILL", "SORT", "SEG", "TILED", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N"))
     warps = warps or (8 if constexprs.get("SEG", 1) > 1024 else 4)
     return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
 scan = dict(key_ptr=I, order_ptr=I, row_ptr=I, dims_ptr=I, cell_start_ptr=I, r_bits="i32", active_ptr="*i1",
             ptr_ptr=I, count_ptr=I, totals_ptr=I, out_src_ptr=I, out_dst_ptr=I, n="i64")
 scan_cx = dict(LOOP=False, HAS_ACTIVE=False, BLOCK_C=32)
+graphs = dict(pos_ptr="*fp32", batch_ptr=I, h_bits="i64", dims_ptr=I, row_ptr=I, totals_ptr=I, n="i64",
+              tiles_ptr="*fp32", num_tiles="i64")
 dense = dict(M="i32", N="i32", K="i32", stride_wn="i32", stride_wk="i32")
 dense_cx = dict(HAS_BIAS=True, HAS_RES=True, SILU=True, DOT_F32=False, BLOCK_M=32, BLOCK_N=128, BLOCK_K=32)
 cases = [
-    case("neighbor_grid", "_graphs_kernel", "*fp64", dict(pos_ptr="*fp32", batch_ptr=I, h_bits="i64", dims_ptr=I, row_ptr=I, totals_ptr=I, n="i64"), dict(HAS_BATCH=True, ROWS=16, BLOCK=1024), False, 8),
+    case("neighbor_grid", "_graphs_kernel", "*fp64", graphs, dict(HAS_BATCH=True, TILED=False, ROWS=16, BLOCK=1024), False, 8),
+    case("neighbor_grid", "_graphs_kernel", "*fp64", graphs, dict(HAS_BATCH=False, TILED=True, ROWS=16, BLOCK=1024), False, 8),
+    case("neighbor_grid", "_tiles_kernel", "*fp32", dict(row_ptr=I, totals_ptr=I, n="i64"), dict(BLOCK=1024), True, 8),
     case("neighbor_grid", "_bin_kernel", "*fp64", dict(pos_ptr="*fp32", row_ptr=I, dims_ptr=I, key_ptr=I, n="i64"), dict(BLOCK=256), False),
     case("neighbor_grid", "_slots_kernel", "*fp32", dict(order_ptr=I, key_ptr=I, cell_start_ptr=I, n="i64", num_cells="i64", steps="i32"), dict(BLOCK=256), False),
     case("neighbors", "_scan_kernel", "*fp32", scan, dict(scan_cx, FILL=False, SORT=False, WITH_DIST=False, IS_F64=False, BLOCK_T=16, SEG=1), False),

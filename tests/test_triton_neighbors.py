@@ -187,6 +187,38 @@ def test_neighbor_search_real_rna(shared_data):
     _graphs_equal(KERNELS["knn_graph"](pos.to(DEV), 8, None, None, False), reference.knn_graph(pos, 8))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_graph_box_by_tiles_equals_the_walk(dtype, monkeypatch):
+    """One graph without a batch and more than one tile of nodes: TILES reduces the tiles in
+    parallel and GRAPHS the tile boxes (two steps here: 19 tiles of 16 nodes), instead of walking
+    the nodes. Boxes, grid sizes and rows equal those of the walk (the same graph given as a batch
+    of zeros), NaN and infinite coordinates included, and so do the edges."""
+    from pamnet_fast.ops.triton import neighbor_grid as ng
+    monkeypatch.setattr(ng, "GRAPH_BLOCK", 16)
+    pos = _random_pos(300, 6.0, dtype, 21)
+    pos[290] = torch.tensor([20.0, -3.0, 9.0])  # the box's corner in tile 18, past the first step
+    bad = pos.clone()
+    bad[5, 0], bad[40, 2], bad[299] = math.nan, math.inf, -math.inf
+    launched = []
+    launch = lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), kernel[a[0]](*a[1:], **k))  # noqa: E731
+    for p in (pos, bad, torch.full((20, 3), math.nan, dtype=dtype)):
+        p = p.to(DEV)
+        tables = []
+        for batch in (None, torch.zeros(p.size(0), dtype=torch.long, device=DEV)):
+            launched.clear()
+            ws = ng.workspace(p)
+            ng.launch_graphs(launch, p, batch, ws, 0.7)
+            tables.append((ws.box[0].clone(), ws.dims[0].clone(), ws.row.clone(), ws.totals.clone(),
+                           ws.counts[0].clone(), list(launched)))
+        (box, dims, row, totals, zero, names), (box_w, dims_w, row_w, totals_w, zero_w, names_w) = tables
+        assert names == ["_tiles_kernel", "_graphs_kernel"] and names_w == ["_graphs_kernel"]
+        assert torch.equal(box.nan_to_num(), box_w.nan_to_num()) and torch.equal(dims, dims_w), (box, box_w)
+        assert torch.equal(row, row_w) and not row.any()
+        assert not totals.any() and not totals_w.any() and zero == 0 and zero_w == 0
+    _graphs_equal(KERNELS["radius_graph"](bad.to(DEV), 1.0, None, False, -1, False, False),
+                  reference.radius_graph(bad, 1.0))
+
+
 def test_neighbor_search_launch_and_read_budget(monkeypatch):
     """radius_graph: 5 Triton launches (GRAPHS, BIN, SLOTS, COUNT, FILL), 5 torch ops (the scratch
     allocation, the key sort, ptr and its cumsum, the output) and one device->host read (the edge

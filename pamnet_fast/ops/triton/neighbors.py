@@ -32,8 +32,11 @@ Design (radius graph, at most one device->host read: the edge total and largest 
   ``truncate=True`` the nearest (ties: smaller index) by stable sorts: a rare path that reads more.
 * Launches of a call: GRAPHS, BIN, SLOTS, COUNT, FILL (5 Triton kernels) and 5 torch ops (one
   scratch allocation carved into every table, the key sort, ``ptr`` and its cumsum, the output),
-  whatever the number of graphs; ``tests/test_triton_neighbors.py`` pins them and the reads.
-* Registers (ptxas for sm_90a, without a GPU): GRAPHS 128 (8 warps), BIN 60, SLOTS 30; COUNT
+  whatever the number of graphs; one graph of more than 1,024 atoms without a batch adds TILES
+  (its box in parallel, see :mod:`.neighbor_grid`). ``tests/test_triton_neighbors.py`` pins them
+  and the reads.
+* Registers (ptxas for sm_90a, without a GPU): GRAPHS 128 (8 warps; 72 reducing TILES' boxes),
+  TILES 48, BIN 60, SLOTS 30; COUNT
   16 x 32 tile 168; FILL + sort 216 at SEG = 64, 64 and 16 bytes of spills at SEG = 2048 (8 warps);
   the float64 FILL with distances (kNN) 255 and spills, as before. (A 32 x 32 COUNT tile took 255
   registers and spilled.) The PTX of FILL + sort has plain (coherent) ``ld.global`` after
