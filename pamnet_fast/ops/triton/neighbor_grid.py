@@ -1,4 +1,4 @@
-"""The cell grids of the neighbor search (:mod:`.neighbors`): GRAPHS, BIN and SLOTS kernels and the
+"""The cell grids of the neighbor search (:mod:`.neighbors`): GRAPHS (with TILES), BIN and SLOTS kernels and the
 one scratch allocation they share.
 
 * GRAPHS: one program per ``ROWS`` rows ``p``. Where node ``p`` starts a graph (a run of equal batch
