@@ -325,6 +325,14 @@ def test_transposes_built_once_per_batch(monkeypatch):
             model(data).sum().backward()
             grads.append([p.grad.clone() for p in model.parameters()])
         assert all(torch.equal(a, b) for a, b in zip(*grads))
+    # a plex without pair rows (the authors' kNN plexes): every edge its own row, transposed
+    # without a sort
+    rna = rna_structure(6, max_atoms=150)
+    g = build_graphs(PAMNetConfig.rna(reference_compat=True, knn_k=10), rna.pos, None, transposes=True)
+    for ei, ptr, t in ((g.edge_index_g, g.ptr_g, g.transposes_g), (g.edge_index_l, g.ptr_l, g.transposes_l)):
+        e = ei.size(1)
+        assert torch.equal(t.row, ops.transposed_csr(torch.arange(e), e, ptr))
+        assert torch.equal(t.src, ops.transposed_csr(ei[0], rna.num_nodes, ptr))
 
 
 def test_read_counts_reads_scalars_and_vectors_at_once():

@@ -467,9 +467,10 @@ def _plex_transposes(edge_index: Tensor, ptr: Tensor, num_nodes: int,
                      ) -> PlexTransposes:
     """The :class:`PlexTransposes` of a plex with its :func:`pair_rows` (or ``None``: every edge its
     own row)."""
+    src = ops.transposed_csr(edge_index[0], num_nodes, ptr)
     if pairs is None:
-        rows, num_rows = torch.arange(edge_index.size(1), device=ptr.device), edge_index.size(1)
-    else:
-        rows, num_rows = pairs[1], pairs[0].numel()
-    return PlexTransposes(ops.transposed_csr(edge_index[0], num_nodes, ptr),
-                          ops.transposed_csr(rows, num_rows, ptr), angles)
+        # every edge its own row: the transpose of arange(E) is itself (perm, tptr = arange) and
+        # the segment of each edge its target, so no sort
+        ids = torch.arange(edge_index.size(1) + 1, device=ptr.device)
+        return PlexTransposes(src, torch.cat([ids[:-1], edge_index[1], ids]), angles)
+    return PlexTransposes(src, ops.transposed_csr(pairs[1], pairs[0].numel(), ptr), angles)
