@@ -287,6 +287,40 @@ def test_activation_checkpointing_off_gives_the_same_gradients():
     assert counts[1] < counts[0], counts  # no recomputation
 
 
+def test_checkpointed_training_keeps_no_triplet_or_local_edge_features():
+    """With activation checkpointing, a local layer's neighbour messages ``[E, F]``, its angle MLP
+    and its angle sum run as one recomputed block: per layer, no ``[T, F]`` angle term is kept for
+    backward and one ``[E, F]`` tensor (the block's output) instead of two (they are the largest
+    activations of a local layer). Counted per added layer; without checkpointing more are kept."""
+    data = Batch.from_data_list(qm9_molecules(6))
+    dim = 24
+
+    def kept(cls, n_layer, on):
+        torch.manual_seed(0)
+        model = cls(PAMNetConfig.qm9(dim=dim, n_layer=n_layer, activation_checkpointing=on)).double()
+        g = model.build_graphs(data)
+        angles = g.angles.src.numel() if cls is PAMNet else g.trip.one_hop_j2i.numel()
+        rows = {g.edge_index_l.size(1): "edges", angles: "angles"}
+        saved = []
+
+        def pack(t):
+            if t.dim() == 2 and t.size(1) == dim and t.size(0) in rows:
+                saved.append(rows[t.size(0)])
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(data, g)
+        out.sum().backward()
+        return {k: saved.count(k) for k in ("edges", "angles")}
+
+    for cls in (PAMNet, PAMNetS):
+        on = [kept(cls, n, True) for n in (2, 3)]
+        off = [kept(cls, n, False) for n in (2, 3)]
+        per_layer_on = {k: on[1][k] - on[0][k] for k in on[0]}
+        per_layer_off = {k: off[1][k] - off[0][k] for k in off[0]}
+        assert per_layer_on == {"edges": 1, "angles": 0}, (cls.__name__, on)
+        assert per_layer_off["edges"] > 1 and per_layer_off["angles"] > 0, (cls.__name__, off)
+
+
 def test_recomputed_blocks_give_position_gradients():
     """With the checkpointed blocks, gradients w.r.t. positions (torch.autograd.grad) equal those
     without checkpointing, and the MLP of the spherical basis (whose input needs no grad when the

@@ -54,13 +54,21 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
 
 def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr: Tensor,
               edge_ids: Tensor, edge_row: Optional[Tensor], angle_sum: Callable[[Tensor], Tensor],
-              transposes: Optional[PlexTransposes] = None):
+              transposes: Optional[PlexTransposes] = None, one_block: bool = False):
     """One local layer given ``angle_sum(m_nb) -> [E, F]``, the triplet part of :math:`m_{ji}` (computed
-    at once, or block by block over the receiving edges by :mod:`pamnet_fast.nn.stream`)."""
+    at once, or block by block over the receiving edges by :mod:`pamnet_fast.nn.stream`).
+
+    In training the neighbour messages are recomputed in backward; ``one_block``: together with
+    ``angle_sum`` (which then must not checkpoint itself), as one block, so neither the ``[E, F]``
+    messages nor the ``[T, F]`` angle terms are kept, and one block costs less host time than two."""
     src, dst = edge_index[0], edge_index[1]
     h = layer.mlp_x1(x)
-    m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, dst, edge_row)
-    m_other = angle_sum(m_nb)
+    if one_block:
+        m_other = maybe_checkpoint(
+            layer, lambda h, rbf: angle_sum(layer._neighbour_message(h, rbf, src, dst, edge_row)), h, rbf)
+    else:
+        m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, dst, edge_row)
+        m_other = angle_sum(m_nb)
     gate = layer.lin_rbf_out(rbf)
     h = h + _node_sum(layer.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
                       layer.dim, transposes)
@@ -113,8 +121,9 @@ class LocalMessagePassing(PlexLayer):
         ``angles`` are not used here (two lists)."""
         def angle_sum(m_nb):
             return self.angle_sum(m_nb, sbf2, trip.two_hop_kj, trip.two_hop_ptr, sbf1, trip.one_hop_j2i,
-                                  trip.one_hop_ptr)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
+                                  trip.one_hop_ptr, recompute=False)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes,
+                         one_block=True)
 
     def forward_merged(self, x: Tensor, rbf: Tensor, sbf: Tensor, angle_src: Tensor, angle_ptr: Tensor,
                        edge_index: Tensor, ptr: Tensor, edge_ids: Tensor, edge_row: Optional[Tensor] = None,
@@ -123,17 +132,19 @@ class LocalMessagePassing(PlexLayer):
         (:class:`~pamnet_fast.nn.graphs.AngleLists`): ``sbf [T2 + T1, F]`` in that order. The two
         angle sums are then one MLP pass and one gather-multiply-scatter (same sums, other order)."""
         def angle_sum(m_nb):
-            a = maybe_checkpoint(self, self.mlp_sbf, sbf)
-            return ops.segment_gather_mul(m_nb, angle_src, a, angle_ptr, check_values=False,
+            return ops.segment_gather_mul(m_nb, angle_src, self.mlp_sbf(sbf), angle_ptr, check_values=False,
                                           src_transpose=None if transposes is None else transposes.angles)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes,
+                         one_block=True)
 
     def angle_sum(self, m_nb: Tensor, sbf2: Tensor, two_hop_kj: Tensor, two_hop_ptr: Tensor,
-                  sbf1: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor) -> Tensor:
+                  sbf1: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor, recompute: bool = True
+                  ) -> Tensor:
         """The two triplet sums of :math:`m_{ji}` for the receiving edges of the pointers ``[E' + 1]``
-        (all edges, or a block of them with its triplets: the streamed path)."""
-        a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2)
-        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1)
+        (all edges, or a block of them with its triplets: the streamed path). ``recompute``: in
+        training, recompute the angle MLP in backward (``False`` inside a recomputed block)."""
+        a2 = maybe_checkpoint(self, self.mlp_sbf, sbf2) if recompute else self.mlp_sbf(sbf2)
+        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf1) if recompute else self.mlp_sbf(sbf1)
         m_other = ops.segment_gather_mul(m_nb, two_hop_kj, a2, two_hop_ptr, check_values=False)
         return m_other + ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False)
 
@@ -168,12 +179,14 @@ class LocalMessagePassingS(PlexLayer):
                 transposes: Optional[PlexTransposes] = None):
         def angle_sum(m_nb):
             return self.angle_sum(m_nb, sbf, trip.one_hop_j2i, trip.one_hop_ptr,
-                                  None if transposes is None else transposes.angles)
-        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes)
+                                  None if transposes is None else transposes.angles, recompute=False)
+        return propagate(self, x, rbf, edge_index, ptr, edge_ids, edge_row, angle_sum, transposes,
+                         one_block=True)
 
     def angle_sum(self, m_nb: Tensor, sbf: Tensor, one_hop_j2i: Tensor, one_hop_ptr: Tensor,
-                  angles_transpose: Optional[Tensor] = None) -> Tensor:
-        """The one-hop triplet sum of :math:`m_{ji}` for the receiving edges of ``one_hop_ptr``."""
-        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf)
+                  angles_transpose: Optional[Tensor] = None, recompute: bool = True) -> Tensor:
+        """The one-hop triplet sum of :math:`m_{ji}` for the receiving edges of ``one_hop_ptr``
+        (``recompute`` as in :meth:`LocalMessagePassing.angle_sum`)."""
+        a1 = maybe_checkpoint(self, self.mlp_sbf, sbf) if recompute else self.mlp_sbf(sbf)
         return ops.segment_gather_mul(m_nb, one_hop_j2i, a1, one_hop_ptr, check_values=False,
                                       src_transpose=angles_transpose)
