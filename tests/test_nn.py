@@ -268,6 +268,28 @@ def test_checkpoint_recomputes_with_the_forward_dense_backend():
         assert torch.equal(a, b)
 
 
+def test_mlp_forward_is_its_layers_with_sequential_names():
+    """MLP's forward (linear_silu on each layer's weights, without the sub-module calls) is its
+    Sequential(Linear, SiLU) layers applied in turn, with the state-dict names of nested
+    Sequentials (checkpoints of either form load into the other), in float64 and float32."""
+    from pamnet_fast.nn import MLP
+    torch.manual_seed(0)
+    mlp = MLP([5, 7, 3])
+    assert list(mlp.state_dict()) == ["0.0.weight", "0.0.bias", "1.0.weight", "1.0.bias"]
+    assert mlp.linear(1) is mlp[1][0] and isinstance(mlp[0][1], torch.nn.SiLU)
+    for dtype in (torch.float64, torch.float32):
+        mlp = mlp.to(dtype)
+        x = torch.randn(4, 5, dtype=dtype, requires_grad=True)
+        want = x
+        for layer in mlp:
+            want = torch.nn.functional.silu(torch.nn.functional.linear(want, layer[0].weight, layer[0].bias))
+        got = mlp(x)
+        if dtype == torch.float64:
+            assert torch.equal(got, want)
+        torch.testing.assert_close(got, want)
+        torch.autograd.grad(got.sum(), x)  # differentiable
+
+
 def test_activation_checkpointing_off_gives_the_same_gradients():
     """``activation_checkpointing=False`` keeps the node MLPs' activations instead of recomputing
     them: the same values and gradients (the recomputation is the same forward), fewer ops."""

@@ -45,8 +45,9 @@ class Res(nn.Module):
         reset_mlp(self.mlp)
 
     def forward(self, x: Tensor) -> Tensor:
-        second = self.mlp[1][0]
-        return ops.linear_silu(self.mlp[0](x), second.weight, second.bias, residual=x)
+        first, second = self.mlp.linear(0), self.mlp.linear(1)
+        h = ops.linear_silu(x, first.weight, first.bias)
+        return ops.linear_silu(h, second.weight, second.bias, residual=x)
 
 
 def split_message_weight(lin: nn.Linear, dim: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -135,7 +136,7 @@ class GlobalMessagePassing(PlexLayer):
     def node_terms(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``(h, p, q)``, each ``[N, F]``: the embedding and its target / source projections."""
         h = self.mlp_x1(x)
-        lin = self.mlp_m[0][0]
+        lin = self.mlp_m.linear(0)
         w_i, w_j, _ = split_message_weight(lin, self.dim)
         return h, ops.linear(h, w_i, lin.bias), ops.linear(h, w_j)
 
@@ -145,7 +146,7 @@ class GlobalMessagePassing(PlexLayer):
         """:math:`m_i` ``[len(ptr) - 1, F]`` for the targets of ``ptr`` (``p`` their rows; ``q`` all
         sources): a block of targets gives its rows of the full sum (the streamed global plex).
         ``transposes``: of this very ``src``/``edge_row``/``ptr`` (the backward's, built once)."""
-        r = ops.linear(edge_attr, split_message_weight(self.mlp_m[0][0], self.dim)[2])
+        r = ops.linear(edge_attr, split_message_weight(self.mlp_m.linear(0), self.dim)[2])
         s = self.W_edge_attr(edge_attr)
         t = transposes
         return ops.fused_edge_message(p, q, r, s, ptr, src, edge_row, check_values=False,

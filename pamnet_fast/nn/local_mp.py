@@ -70,7 +70,7 @@ def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr:
         m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, dst, edge_row)
         m_other = angle_sum(m_nb)
     gate = layer.lin_rbf_out(rbf)
-    h = h + _node_sum(layer.mlp_m_ji[0][0], h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
+    h = h + _node_sum(layer.mlp_m_ji.linear(0), h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
                       layer.dim, transposes)
     return layer.update_and_output(h, x)
 
@@ -111,7 +111,7 @@ class LocalMessagePassing(PlexLayer):
 
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
                            edge_row: Optional[Tensor] = None) -> Tensor:
-        return (_edge_mlp(self.mlp_m_kj[0][0], h, rbf, src, dst, self.dim, edge_row)
+        return (_edge_mlp(self.mlp_m_kj.linear(0), h, rbf, src, dst, self.dim, edge_row)
                 * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
@@ -171,7 +171,7 @@ class LocalMessagePassingS(PlexLayer):
 
     def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
                            edge_row: Optional[Tensor] = None) -> Tensor:
-        return (_edge_mlp(self.mlp_m_jj[0][0], h, rbf, src, dst, self.dim, edge_row)
+        return (_edge_mlp(self.mlp_m_jj.linear(0), h, rbf, src, dst, self.dim, edge_row)
                 * edge_rows(self.lin_rbf(rbf), edge_row))
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,

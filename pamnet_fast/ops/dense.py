@@ -130,9 +130,11 @@ def _on_rows(fn, x: Tensor, weight: Tensor, bias: Optional[Tensor],
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """``F.linear(x, weight, bias)``: ``x [..., in]``, ``weight [out, in]``, ``bias [out]`` -> ``[..., out]``;
     through oneDNN on CPU float32 (see the module docstring)."""
-    if not _fast(x, weight):
-        return F.linear(x, weight, bias)
-    return _on_rows(_OneDNNLinear.apply, x, weight, bias)
+    return _linear(x, weight, bias, _fast(x, weight))
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], fast: bool) -> Tensor:
+    return _on_rows(_OneDNNLinear.apply, x, weight, bias) if fast else F.linear(x, weight, bias)
 
 
 @functools.lru_cache(maxsize=None)
@@ -179,8 +181,9 @@ def linear_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     gemm = None if recording else _triton_gemm(x, weight, bias, residual)
     if gemm is not None:
         return _on_rows(gemm, x, weight, bias, residual)
-    if recording or not _fast(x, weight):
-        y = F.silu(linear(x, weight, bias))
+    fast = _fast(x, weight)
+    if recording or not fast:
+        y = F.silu(_linear(x, weight, bias, fast))
     else:
         y = _on_rows(lambda *a: _pointwise(*a, "swish"), x, weight, bias)
     return y if residual is None else y + residual
