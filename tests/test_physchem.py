@@ -208,6 +208,11 @@ def test_losses_invariant_to_rigid_motion_and_kabsch_zero():
     mirrored = b.pos * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
     assert kabsch_rmsd(mirrored, b.pos, b.batch, b.num_graphs).max() > 0.1
     assert distance_rmse(mirrored, b.pos, b.batch, b.num_graphs).abs().max() < 1e-10
+    # the atom slots of a MolBatch (what the model passes) give the same values as computing them
+    from pamnet_fast.nn.physchem.graph import mol_batch
+    g = mol_batch(b.edge_index, b.num_nodes, b.batch, torch.ones(b.num_nodes, dtype=torch.float64))
+    assert torch.equal(kabsch_rmsd(x, b.pos, b.batch, b.num_graphs, g.counts, g.max_atoms, g.atom_slot),
+                       kabsch_rmsd(x, b.pos, b.batch, b.num_graphs))
 
 
 def test_conn_pairs_against_dense_definition():

@@ -113,7 +113,8 @@ def csr_pointer(dst: Tensor, num_nodes: int) -> Tensor:
 def edge_distance(pos: Tensor, edge_index: Tensor) -> Tensor:
     """``[E]`` lengths of ``edge_index`` with the neighbor search's exact formula
     (:func:`pamnet_fast.ops.geometry.pair_distance`), differentiable w.r.t. ``pos``."""
-    return pair_distance(pos.index_select(0, edge_index[1]), pos.index_select(0, edge_index[0]))
+    ends = pos.index_select(0, edge_index.reshape(-1)).view(2, -1, pos.size(-1))  # one gather
+    return pair_distance(ends[1], ends[0])
 
 
 def _compact_sorted(edge_index: Tensor, keep: Tensor, key: Tensor, count: int) -> Tensor:

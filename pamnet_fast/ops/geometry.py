@@ -15,7 +15,8 @@ def squared_distance(pos_i: Tensor, pos_j: Tensor) -> Tensor:
     """``dx*dx + dy*dy + dz*dz`` with ``d = pos_j - pos_i``, each operation rounded in the dtype of
     ``pos`` (no fused multiply-add), summed left to right: what every backend computes."""
     d = pos_j - pos_i
-    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
+    sq = d * d  # (one op for the three products: the same roundings)
+    return sq[..., 0] + sq[..., 1] + sq[..., 2]
 
 
 def correctly_rounded_sqrt(x: Tensor) -> Tensor:

@@ -154,7 +154,7 @@ class PhysChem(nn.Module):
                           target.new_ones(target.shape[0]))
         sizes = dict(counts=g.counts, max_atoms=g.max_atoms)  # from the graph's read: no bincount
         if c.conf_loss == "kabsch":
-            return sum(w * kabsch_rmsd(x, target, g.batch, g.num_graphs, **sizes).mean()
+            return sum(w * kabsch_rmsd(x, target, g.batch, g.num_graphs, slot=g.atom_slot, **sizes).mean()
                        for w, x in zip(step_weights(len(traj), c.conn_weight), traj))
         pairs: ConnPairs = conn_pairs(data.edge_index, g.batch, g.num_graphs, c.conn_k, **sizes)
         return hierarchical_conn_loss(traj, target, pairs, c.conn_weight)

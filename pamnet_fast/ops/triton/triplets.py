@@ -69,13 +69,13 @@ def _triplet_kernel(src_ptr, dst_ptr, node_ptr_ptr, count_ptr, offset_ptr, out_o
         tl.store(count_ptr + e, count, mask=emask)
 
 
-def _launch(src, dst, node_ptr, counts, two_hop: bool, keep_self: bool, total: int = 0):
-    """FILL when ``counts`` (summing to ``total``) is given (returns the two index lists), else COUNT
-    (returns counts)."""
+def _launch(src, dst, node_ptr, ptr, two_hop: bool, keep_self: bool, total: int = 0):
+    """FILL when ``ptr`` (the CSR pointer of the counts, ending at ``total``) is given (returns the
+    two index lists), else COUNT (returns counts)."""
     dev, num_edges = src.device, src.numel()
-    fill = counts is not None
+    fill = ptr is not None
     if fill:
-        offsets = torch.cumsum(counts, 0) - counts
+        offsets = ptr[:-1]  # read only by FILL
         other = torch.empty(total, dtype=torch.int64, device=dev)
         recv = torch.empty(total, dtype=torch.int64, device=dev)
         if total == 0:
@@ -124,6 +124,6 @@ def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool,
         checks.triplet_sizes_match("triplets", sizes, two_total, one_total)
     else:
         two_total, one_total = (int(s) for s in sizes)
-    kj, ji = _launch(src, dst, node_ptr, two_counts, True, False, two_total)
-    j2i, ji1 = _launch(src, dst, node_ptr, one_counts, False, bool(include_self_pairs), one_total)
+    kj, ji = _launch(src, dst, node_ptr, two_ptr, True, False, two_total)
+    j2i, ji1 = _launch(src, dst, node_ptr, one_ptr, False, bool(include_self_pairs), one_total)
     return kj, ji, two_ptr, j2i, ji1, one_ptr
