@@ -200,7 +200,10 @@ def test_one_graph_box_by_tiles_equals_the_walk(dtype, monkeypatch):
     bad = pos.clone()
     bad[5, 0], bad[40, 2], bad[299] = math.nan, math.inf, -math.inf
     launched = []
-    launch = lambda kernel, *a, **k: (launched.append(kernel.fn.__name__), kernel[a[0]](*a[1:], **k))  # noqa: E731
+
+    def launch(kernel, grid, *args, **meta):
+        launched.append(kernel.fn.__name__)
+        kernel[grid](*args, **meta)
     for p in (pos, bad, torch.full((20, 3), math.nan, dtype=dtype)):
         p = p.to(DEV)
         tables = []

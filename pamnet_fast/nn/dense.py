@@ -35,8 +35,8 @@ class LinearSiLU(nn.Sequential):
 
 class MLP(nn.Sequential):
     r"""``[Linear(c0, c1), SiLU, Linear(c1, c2), SiLU, ...]`` as nested ``Sequential(Linear, SiLU)``
-    (:class:`LinearSiLU`): :math:`x \mapsto \mathrm{SiLU}(W_L \cdots \mathrm{SiLU}(W_1 x + b_1) \cdots + b_L)`,
-    ``[..., c0] -> [..., c_L]``.
+    (:class:`LinearSiLU`), ``[..., c0] -> [..., c_L]``:
+    :math:`x \mapsto \mathrm{SiLU}(W_L \cdots \mathrm{SiLU}(W_1 x + b_1) \cdots + b_L)`.
 
     The forward calls :func:`pamnet_fast.ops.linear_silu` on each layer's weights directly, not
     through each :class:`LinearSiLU` module (so hooks on those sub-modules do not fire): the model

@@ -377,8 +377,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     riding on a bond list's sizes and, for a bond plex, its triplet sizes; then one per neighbor
     search, and one for the triplets of a radius or kNN local plex (with a local plex cut from the
     global one, its size and triplet sizes in one read). So a bond plex with a radius global plex
-    (QM9) reads twice, two radius plexes three times. The searches and the triplet enumeration run after the checks
-    with ``check_values=False``.
+    (QM9) reads twice, two radius plexes three times. The searches and the triplet enumeration run
+    after the checks with ``check_values=False``.
     """
     n = pos.size(0)
     compat = cfg.reference_compat

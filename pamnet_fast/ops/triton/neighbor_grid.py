@@ -1,5 +1,5 @@
-"""The cell grids of the neighbor search (:mod:`.neighbors`): GRAPHS (with TILES), BIN and SLOTS kernels and the
-one scratch allocation they share.
+"""The cell grids of the neighbor search (:mod:`.neighbors`): GRAPHS (with TILES), BIN and SLOTS
+kernels and the one scratch allocation they share.
 
 * GRAPHS: one program per ``ROWS`` rows ``p``. Where node ``p`` starts a graph (a run of equal batch
   values: the batch is sorted when the values are checked), the program walks the graph in tiles of
