@@ -21,7 +21,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-MODELS = ["PAMNet", "PAMNet (no activation checkpointing)", "PAMNet-s", "DimeNet++", "SchNet"]
+MODELS = ["PAMNet", "PAMNet (full activation checkpointing)", "PAMNet (no activation checkpointing)",
+          "PAMNet-s", "DimeNet++", "SchNet"]
 
 
 def saved_bytes(forward, batch) -> int:

@@ -535,7 +535,7 @@ def _phase_counts(model, batch) -> dict:
 # in a CUDA graph (one launch per forward; graph building stays eager and is timed with it). Last in
 # the file: the compilation takes a while, and the budget skips what would start too late.
 GRAPH_MODES = ["PAMNet (CUDA graph)", "PAMNet (compiled)", "PAMNet (no activation checkpointing)",
-               "PAMNet (aten GEMM)"]
+               "PAMNet (full activation checkpointing)", "PAMNet (aten GEMM)"]
 
 
 def _graph_mode_params():
@@ -544,6 +544,8 @@ def _graph_mode_params():
              for bs in sizes] +
             [pytest.param("PAMNet (no activation checkpointing)", bs, "train", id=f"train-bs{bs}-keep")
              for bs in sizes] +
+            [pytest.param("PAMNet (full activation checkpointing)", bs, "train",
+                          id=f"train-bs{bs}-recompute-all") for bs in sizes] +
             # the dense layers on cuBLAS + a separate SiLU instead of the Triton GEMM with epilogue
             [pytest.param("PAMNet (aten GEMM)", bs, mode, id=f"{mode}-bs{bs}-aten-gemm")
              for mode in ("inference", "train") for bs in sizes if bs >= 128 or _data.quick()] +

@@ -25,8 +25,10 @@ MODELS = ["PAMNet", "PAMNet-s", "PAMNet (unfused reference)", "DimeNet++", "SchN
 # PAMNet with every dense layer on aten's F.linear (MKL), the GEMM backend of the PyG models: the part
 # of PAMNet's lead that does not come from oneDNN's faster matmul (pamnet_fast.ops.dense). Largest batch only.
 ATEN_GEMM = "PAMNet (aten GEMM)"
-# PAMNet keeping its node MLPs' activations for backward instead of recomputing them (train step)
+# PAMNet recomputing nothing in backward / also its node MLPs (the default, "edges", recomputes the
+# local layers' edge and triplet blocks only): PAMNetConfig.activation_checkpointing False / True
 NO_CHECKPOINTING = "PAMNet (no activation checkpointing)"
+FULL_CHECKPOINTING = "PAMNet (full activation checkpointing)"
 MODES = ["inference", "train"]
 BATCH_SIZES_FULL = [128, 32]
 BATCH_SIZES_QUICK = [8]
@@ -78,10 +80,10 @@ def make_model(name: str, kind: str = "qm9"):
             with ops.aten_linear():
                 return model(b)
         return model, forward
-    if name == NO_CHECKPOINTING:
+    if name in (NO_CHECKPOINTING, FULL_CHECKPOINTING):
         from dataclasses import replace
         PAMNet, _, _ = _pamnet()
-        model = PAMNet(replace(pamnet_config(kind), activation_checkpointing=False))
+        model = PAMNet(replace(pamnet_config(kind), activation_checkpointing=name == FULL_CHECKPOINTING))
         return model, model
     if name in ("PAMNet", "PAMNet-s", "PAMNet (unfused reference)"):
         PAMNet, PAMNetS, _ = _pamnet()

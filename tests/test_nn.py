@@ -290,13 +290,15 @@ def test_mlp_forward_is_its_layers_with_sequential_names():
         torch.autograd.grad(got.sum(), x)  # differentiable
 
 
-def test_activation_checkpointing_off_gives_the_same_gradients():
-    """``activation_checkpointing=False`` keeps the node MLPs' activations instead of recomputing
-    them: the same values and gradients (the recomputation is the same forward), fewer ops."""
+def test_activation_checkpointing_modes_give_the_same_gradients():
+    """``activation_checkpointing`` True (every block recomputed), ``"edges"`` (the default: the
+    local layers' edge and triplet blocks) and False (nothing): the same values and gradients (the
+    recomputation is the same forward), fewer ops the less is recomputed; a bad value is refused."""
     from pamnet_fast.host_syncs import HostSyncCounter
     data = random_batch([5, 7, 4], seed=3)
     grads, counts = [], []
-    for on in (True, False):
+    assert PAMNetConfig().activation_checkpointing == "edges"
+    for on in (True, "edges", False):
         torch.manual_seed(0)
         model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2, activation_checkpointing=on)).double()
         assert all(layer.grad_checkpointing is on for layer in model.global_layer)
@@ -304,9 +306,13 @@ def test_activation_checkpointing_off_gives_the_same_gradients():
             model(data).sum().backward()
         counts.append(counter.kernel_ops)
         grads.append([p.grad for p in model.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    assert counts[1] < counts[0], counts  # no recomputation
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert counts[0] > counts[1] > counts[2], counts  # less recomputation
+    for bad in ("nodes", 1, None):
+        with pytest.raises(ValueError, match="activation_checkpointing must be True, False or 'edges'"):
+            PAMNet(PAMNetConfig.qm9(dim=16, n_layer=1, activation_checkpointing=bad))
 
 
 def test_checkpointed_training_keeps_no_triplet_or_local_edge_features():
@@ -335,11 +341,12 @@ def test_checkpointed_training_keeps_no_triplet_or_local_edge_features():
         return {k: saved.count(k) for k in ("edges", "angles")}
 
     for cls in (PAMNet, PAMNetS):
-        on = [kept(cls, n, True) for n in (2, 3)]
+        for mode in (True, "edges"):
+            on = [kept(cls, n, mode) for n in (2, 3)]
+            per_layer_on = {k: on[1][k] - on[0][k] for k in on[0]}
+            assert per_layer_on == {"edges": 1, "angles": 0}, (cls.__name__, mode, on)
         off = [kept(cls, n, False) for n in (2, 3)]
-        per_layer_on = {k: on[1][k] - on[0][k] for k in on[0]}
         per_layer_off = {k: off[1][k] - off[0][k] for k in off[0]}
-        assert per_layer_on == {"edges": 1, "angles": 0}, (cls.__name__, on)
         assert per_layer_off["edges"] > 1 and per_layer_off["angles"] > 0, (cls.__name__, off)
 
 
@@ -350,12 +357,13 @@ def test_recomputed_blocks_give_position_gradients():
     data = random_batch([5, 7, 4], seed=6)
     data.pos.requires_grad_(True)
     forces = []
-    for on in (True, False):
+    for on in (True, "edges", False):
         torch.manual_seed(0)
         model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2, activation_checkpointing=on)).double()
         energy = model(data).sum()
         forces.append(torch.autograd.grad(energy, data.pos)[0])
     torch.testing.assert_close(forces[0], forces[1], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(forces[0], forces[2], rtol=1e-12, atol=1e-14)
     torch.manual_seed(0)
     model = PAMNet(PAMNetConfig.qm9(dim=16, n_layer=2)).double()
     data.pos.requires_grad_(False)

@@ -128,6 +128,21 @@ def test_checkpoint_from_other_model_is_rejected(data, tmp_path):
         _train(data, tmp_path, epochs=2, batch_size=32, resume=True)
 
 
+def test_checkpoint_compatibility_ignores_activation_checkpointing():
+    """activation_checkpointing trades time for memory and leaves the model as it is: a checkpoint
+    written with one value resumes or loads with another (old checkpoints have True); every other
+    config field still has to match."""
+    from pamnet_fast.nn import PAMNetConfig
+    from pamnet_fast.train.checkpoint import check_compatible
+    old = PAMNetConfig.qm9(dim=16, activation_checkpointing=True).to_dict()
+    new = PAMNetConfig.qm9(dim=16).to_dict()
+    assert new["activation_checkpointing"] == "edges"
+    check_compatible({"model_name": "PAMNet", "model_config": old}, "PAMNet", new)
+    with pytest.raises(CheckpointMismatchError, match="dim: checkpoint=16, current=32"):
+        check_compatible({"model_name": "PAMNet", "model_config": old}, "PAMNet",
+                         PAMNetConfig.qm9(dim=32).to_dict())
+
+
 SCRIPT = textwrap.dedent("""
     import sys, time, json, torch
     torch.set_num_threads(1)

@@ -8,7 +8,7 @@ the local layers, the global layer trusts its index inputs (``check_values=False
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +67,7 @@ class PlexLayer(nn.Module):
     ``[N, out_dim]`` and attention score :math:`s = z W` ``[N, 1]``.
     """
 
-    grad_checkpointing: bool = True
+    grad_checkpointing: Union[bool, str] = "edges"  # see PAMNetConfig.activation_checkpointing
 
     def __init__(self, dim: int, out_dim: int = 1):
         super().__init__()
@@ -89,9 +89,10 @@ class PlexLayer(nn.Module):
 
     def update_and_output(self, h: Tensor, res_x: Tensor):
         """``h``: message-updated ``[N, F]``; returns ``(x' [N, F], out [N, out_dim], score [N, 1],
-        z [N, F])``. In training the ten node MLPs are recomputed in backward (only ``h`` and
-        ``res_x`` are kept; ``PAMNetConfig(activation_checkpointing=False)`` keeps all activations)."""
-        return maybe_checkpoint(self, self._update_and_output, h, res_x)
+        z [N, F])``. With ``PAMNetConfig(activation_checkpointing=True)`` the ten node MLPs are
+        recomputed in backward (only ``h`` and ``res_x`` are kept); by default their activations
+        are kept."""
+        return maybe_checkpoint(self, self._update_and_output, h, res_x, node_level=True)
 
     def _update_and_output(self, h: Tensor, res_x: Tensor):
         x = self.res1(self.mlp_x2(h)) + res_x

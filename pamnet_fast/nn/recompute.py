@@ -3,8 +3,11 @@ r"""Activation checkpointing of the PAMNet layers' MLP blocks: recompute in back
 :func:`maybe_checkpoint` wraps a block in ``torch.utils.checkpoint(use_reentrant=False)`` when autograd
 records. The recomputation is the same forward, bit for bit: it runs on the dense-layer backend of the
 forward (:func:`same_dense_backend`; :func:`pamnet_fast.ops.aten_linear` may be active in one pass and
-not the other), so values and gradients do not change. ``PAMNetConfig(activation_checkpointing=False)``
-turns it off (more memory, less time: ``benchmarks/host_overhead.py``).
+not the other), so values and gradients do not change. ``PAMNetConfig(activation_checkpointing=...)``:
+``"edges"`` (default) recomputes the per-edge and per-triplet blocks only, ``True`` also the node MLPs
+(least memory), ``False`` nothing (least time): ``benchmarks/host_overhead.py`` and
+``benchmarks/saved_activations.py`` measure the trade. A torch checkpoint block costs host time of
+its own (about 0.25 ms forward + 0.3 ms backward per block on the CPU proxy), so few, large blocks.
 
 A custom autograd node per block (parameters as explicit inputs, ``torch.autograd.grad`` inside its
 backward) was tried: 10 % less host time per train step on a tiny batch, but it breaks under module
@@ -45,21 +48,24 @@ def same_dense_backend():
     return contextlib.nullcontext(), (ops.aten_linear() if aten else contextlib.nullcontext())
 
 
-def wants_checkpoint(module: nn.Module, *tensors) -> bool:
+def wants_checkpoint(module: nn.Module, *tensors, node_level: bool = False) -> bool:
     """Recompute ``module``'s block in backward: only when autograd records, ``grad_checkpointing``
-    is set on the module (default True) and something involved requires grad. The grad-mode test
-    comes first, so inference pays nothing (walking the parameters first was a quarter of an
-    inference forward's host time)."""
-    if not (torch.is_grad_enabled() and getattr(module, "grad_checkpointing", True)):
+    is set on the module (``True``: every block; ``"edges"``, the default: not the ``node_level``
+    blocks; ``False``: none) and something involved requires grad. The grad-mode test comes first, so
+    inference pays nothing (walking the parameters first was a quarter of an inference forward's host
+    time)."""
+    mode = getattr(module, "grad_checkpointing", "edges")
+    if not (torch.is_grad_enabled() and mode) or (node_level and mode == "edges"):
         return False
     return (any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
             or any(p.requires_grad for p in _parameters(module)))
 
 
-def maybe_checkpoint(module: nn.Module, fn: Callable, *args):
+def maybe_checkpoint(module: nn.Module, fn: Callable, *args, node_level: bool = False):
     """``fn(*args)`` (``fn`` a method or a sub-module of ``module``), checkpointed when
-    :func:`wants_checkpoint`. ``args`` may hold ``None`` and index tensors."""
-    if not wants_checkpoint(module, *args):
+    :func:`wants_checkpoint` (``node_level``: a block of per-node activations). ``args`` may hold
+    ``None`` and index tensors."""
+    if not wants_checkpoint(module, *args, node_level=node_level):
         return fn(*args)
     # The blocks draw no random numbers: saving and restoring the RNG states (CPU and every CUDA
     # device, per block) would be host time for nothing.

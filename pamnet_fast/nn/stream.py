@@ -95,8 +95,12 @@ def plan_stream(model, n: int, neighbors: BlockNeighbors, trip: ops.Triplets, nu
     f, elem, layers = cfg.dim, torch.empty((), dtype=dtype).element_size(), cfg.n_layer
     s = cfg.num_spherical * cfg.num_spherical_radial
     num_trip = int(trip.two_hop_ptr[-1]) + int(trip.one_hop_ptr[-1])
-    # Live [N, F] / [E_l, F] tensors: ~12 / ~8 in inference; autograd keeps ~14 / ~10 more per layer.
-    node_f, edge_f = (12 + 14 * layers, 8 + 10 * layers) if grad else (12, 8)
+    # Live [N, F] / [E_l, F] tensors: ~12 / ~8 in inference; autograd keeps ~14 / ~10 more per layer
+    # with every block recomputed (activation_checkpointing=True), ~36 more [N, F] when the node MLPs'
+    # activations are kept (the default "edges"), ~6 more [E_l, F] without any recomputation.
+    mode = cfg.activation_checkpointing
+    node_f = 12 + (14 if mode is True else 50) * layers if grad else 12
+    edge_f = 8 + (10 if mode else 16) * layers if grad else 8
     persistent = (n * f * elem * node_f + num_local_edges * (f * elem * edge_f + 64) + num_trip * 24
                   + n * 64)
     working = max_memory - persistent

@@ -112,6 +112,15 @@ def _dict_diff(a: Optional[dict], b: Optional[dict], prefix="") -> list:
     return out
 
 
+# config fields that change a run's time and memory, not the model it trains: a checkpoint written
+# with one value resumes or loads with another
+_RUNTIME_FIELDS = ("activation_checkpointing",)
+
+
+def _model_fields(config: Optional[dict]) -> Optional[dict]:
+    return None if config is None else {k: v for k, v in config.items() if k not in _RUNTIME_FIELDS}
+
+
 def check_compatible(state: dict, model_name: Optional[str], model_config: Optional[dict],
                      model_state: Optional[dict] = None, path="checkpoint") -> None:
     """Raise :class:`CheckpointMismatchError` naming the mismatch between a checkpoint and the
@@ -121,7 +130,8 @@ def check_compatible(state: dict, model_name: Optional[str], model_config: Optio
     if model_name is not None and ck_name is not None and ck_name != model_name:
         problems.append(f"model: checkpoint={ck_name!r}, current={model_name!r}")
     if model_config is not None or state.get("model_config") is not None:
-        problems += [f"model config {d}" for d in _dict_diff(state.get("model_config"), model_config)]
+        problems += [f"model config {d}" for d in _dict_diff(_model_fields(state.get("model_config")),
+                                                              _model_fields(model_config))]
     if model_state is not None and "model" in state:
         ck = state["model"]
         missing = sorted(set(model_state) - set(ck))
