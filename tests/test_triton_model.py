@@ -103,29 +103,38 @@ def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch
     _close(got, want, torch.float64)
 
 
-def test_two_radius_plexes_on_triton_kernels_read_three_times(monkeypatch):
-    """Two radius plexes (the RNA and PDBbind settings) on the Triton kernels: the input checks, the
-    global search's edge total, then the local plex cut from the global one with its triplet sizes:
-    three reads, one fewer than searching the local plex (and counting its triplets) again, and the
-    same graphs."""
+def test_two_radius_plexes_on_triton_kernels_read_twice(monkeypatch):
+    """Two radius plexes (the RNA and PDBbind settings) on the Triton kernels, as on the GPU: the
+    global search's edge total, then the local plex cut from the global one with its triplet sizes
+    and the input checks (the Triton search is safe on any input, so it runs before they are read):
+    two reads, where searching the local plex again takes four (the checks, both searches, the
+    triplets); the same graphs. Input that fails a check still gets the check's error."""
     from test_nn_common import rna_structure
     from pamnet_fast.host_syncs import HostSyncCounter
     from pamnet_fast.nn import PAMNetConfig
+    from pamnet_fast.nn import graphs as graphs_module
     from pamnet_fast.nn.graphs import build_graphs
     cfg = PAMNetConfig.rna(knn=False, cutoff_g=6.0)
     pos = rna_structure(6, max_atoms=120).pos.to(DEV)
     launches, graphs, reads = [], {}, {}
     _route_ops_to_triton(monkeypatch, launches)
+    monkeypatch.setattr(graphs_module, "_search_safe_unchecked", lambda pos: True)  # the Triton search
     for cut in (False, True):
         with HostSyncCounter() as counter:
             graphs[cut] = build_graphs(cfg, pos, None, local_from_global=cut)
         reads[cut] = counter.syncs
-    assert reads == {False: ["tolist"] * 4, True: ["tolist"] * 3}, reads
+    assert reads == {False: ["tolist"] * 4, True: ["tolist"] * 2}, reads
     for a, b in zip(graphs[True], graphs[False]):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b)
     for a, b in zip(graphs[True].trip, graphs[False].trip):
         assert torch.equal(a, b)
+    bad = pos.clone()
+    bad[7, 1] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        build_graphs(cfg, bad, None, local_from_global=True)
+    with pytest.raises(ValueError, match="sorted"):
+        build_graphs(cfg, pos, torch.tensor([1] * 60 + [0] * 60, device=DEV), local_from_global=True)
 
 
 @pytest.mark.parametrize("name", ["PAMNet", "PAMNetS"])

@@ -273,8 +273,15 @@ def _rounded(r: float, dtype: torch.dtype) -> float:
     raise ValueError(f"radius_subgraph: distances must be float32 or float64, got {dtype}")
 
 
+def _search_safe_unchecked(pos: Tensor) -> bool:
+    """Whether the neighbor search on ``pos``'s device may run before the input checks are read: the
+    Triton kernels (CUDA) are safe on any input; the C++ ones assume valid input."""
+    return pos.is_cuda
+
+
 def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
-                    include_self_pairs: bool = False) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
+                    include_self_pairs: bool = False, checks: Sequence[InputCheck] = ()
+                    ) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
     r"""The edges of a radius graph within a smaller cutoff ``r``, without a second neighbor search.
 
     ``edge_index [2, E]``, ``ptr [N + 1]``, ``dist [E]``: a radius graph (symmetric, no self-loops,
@@ -286,7 +293,8 @@ def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
     (``dist[order]`` are the kept lengths) and ``sizes`` the lengths of its :func:`pamnet_fast.ops.triplets`
     lists ``[two-hop, one-hop]``, read with ``E'`` in one host read. For a symmetric list without
     duplicates both are :math:`\sum_v d_v^2 - E'` (the one-hop list :math:`\sum_v d_v^2` with
-    ``include_self_pairs``), :math:`d_v` the degree of node ``v``.
+    ``include_self_pairs``), :math:`d_v` the degree of node ``v``. ``checks``: :class:`InputCheck`
+    flags read in the same read (raised when one fails).
     """
     keep = dist <= _rounded(r, dist.dtype)
     kept_before = torch.cumsum(keep, 0)
@@ -294,7 +302,8 @@ def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
     ptr = start.index_select(0, ptr)
     deg = ptr[1:] - ptr[:-1]
     squares = (deg * deg).sum()
-    count, two_hop, squares = read_counts(ptr[-1], squares - ptr[-1], squares)
+    count, two_hop, squares, *ok = read_counts(ptr[-1], squares - ptr[-1], squares, *checks)
+    _raise_failed(checks, ok)
     one_hop = squares if include_self_pairs else two_hop
     # position of each kept edge in the result; the others write into a spare last slot, then cut
     slot = torch.where(keep, kept_before - 1, count)
@@ -376,8 +385,9 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     Host reads: the input checks (with finite ``pos``, sorted ``batch`` and bonds in range) in one,
     riding on a bond list's sizes and, for a bond plex, its triplet sizes; then one per neighbor
     search, and one for the triplets of a radius or kNN local plex (with a local plex cut from the
-    global one, its size and triplet sizes in one read). So a bond plex with a radius global plex
-    (QM9) reads twice, two radius plexes three times. The searches and the triplet enumeration run
+    global one, its size and triplet sizes in one read, which on the GPU also carries the input
+    checks). So a bond plex with a radius global plex (QM9) reads twice, and so do two radius plexes
+    on the GPU (three times when the local plex is searched). The searches and the triplet enumeration run
     after the checks with ``check_values=False``.
     """
     n = pos.size(0)
@@ -396,14 +406,19 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
                          and cfg.cutoff_l <= cfg.cutoff_g)
     if bonds_local and bonds is None:
         raise ValueError("local_graph='bonds' needs data.edge_index (the chemical bonds)")
-    # The input checks ride on the first read that sizes an edge list (a bond list's, or the
-    # authors' kNN list's), or are read alone: before any neighbor search that runs unchecked.
+    # The input checks ride on the first read that sizes an edge list (a bond list's, the authors'
+    # kNN list's, or on the GPU a local plex cut from the global one), or are read alone: before any
+    # neighbor search that runs unchecked and is not safe on invalid input.
     checks = tuple(checks) + (position_check(pos, batch),)
-    trip = None
+    trip, deferred = None, ()
     if bonds_local:
         ei_l, ptr_l, pairs_l, trip = bond_graph(bonds, n, checks, triplets=compat)
     elif compat_knn:
         ei_g, ptr_g, ei_l_knn, ptr_l_knn = _knn_compat(cfg, pos, batch, n, checks)
+    elif local_from_global and _search_safe_unchecked(pos):
+        # The GPU search is safe on any input (NaN positions, an unsorted batch: no access out of
+        # bounds), so the checks ride on the local plex's read instead of a read of their own.
+        deferred = checks
     else:
         _raise_failed(checks, read_counts(*checks))
     if compat_knn and bonds_local:
@@ -415,8 +430,13 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     elif cfg.global_graph == "knn":
         ei_g, ptr_g = ops.knn_graph(pos, cfg.knn_k, batch, r=cfg.cutoff_g, return_ptr=True)
     else:
-        ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn, return_ptr=True,
-                                       check_values=False)
+        try:
+            ei_g, ptr_g = ops.radius_graph(pos, cfg.cutoff_g, batch, max_num_neighbors=mnn,
+                                           return_ptr=True, check_values=False)
+        except ValueError:  # (max_num_neighbors) on input that fails a check: report the check
+            if deferred:
+                _raise_failed(deferred, read_counts(*deferred))
+            raise
     dist_g = edge_distance(pos, ei_g) if global_plex else None
     # radius plexes are symmetric by construction (max_num_neighbors raises, never truncates)
     pairs_g = (pair_rows(ei_g, n, symmetric=True)
@@ -431,7 +451,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
         elif compat_knn:
             ei_l, ptr_l, pairs_l = ei_l_knn, ptr_l_knn, None  # a transposed kNN list: not symmetric
         elif local_from_global:
-            ei_l, ptr_l, kept, sizes = radius_subgraph(ei_g, ptr_g, dist_g, cfg.cutoff_l, compat)
+            ei_l, ptr_l, kept, sizes = radius_subgraph(ei_g, ptr_g, dist_g, cfg.cutoff_l, compat,
+                                                       checks=deferred)
             dist_l = dist_g.index_select(0, kept)
             trip = ops.triplets(ei_l, n, include_self_pairs=compat, check_values=False, sizes=sizes)
         else:
