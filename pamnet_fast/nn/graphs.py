@@ -13,14 +13,14 @@ sorted by target, then source; ``ptr [N + 1]`` is the CSR pointer over targets.
 """
 from __future__ import annotations
 
-import struct
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import ops
-from ..ops.geometry import pair_distance
+from ..ops.geometry import pair_distance, rounded_cutoff
+from ..ops.transpose import transposed_identity
 
 
 class AngleLists(NamedTuple):
@@ -153,11 +153,16 @@ def _pairs_of_symmetric(edge_index: Tensor, num_nodes: int, num_pairs: int,
     lower = src < dst
     row = torch.cumsum(lower, 0) - 1
     edge_row = torch.where(lower, row, row.index_select(0, rev))
-    # pair[row[e]] = e for the lower edges; the others write into a spare last slot, then cut
-    slot = torch.where(lower, row, num_pairs)
-    pair = torch.zeros(num_pairs + 1, dtype=torch.long, device=src.device)
-    pair = pair.scatter_(0, slot, torch.arange(E, device=src.device))[:num_pairs]
-    return pair, edge_row
+    return _positions(lower, row, num_pairs), edge_row
+
+
+def _positions(mask: Tensor, rank: Tensor, count: int) -> Tensor:
+    """``nonzero(mask)`` without a host read, given ``count = mask.sum()`` (read with other counts)
+    and ``rank = cumsum(mask) - 1``: each True entry's position is scattered to its rank, the others
+    into a spare last slot, which is cut."""
+    slot = torch.where(mask, rank, count)
+    out = torch.zeros(count + 1, dtype=torch.long, device=mask.device)
+    return out.scatter_(0, slot, torch.arange(mask.numel(), device=mask.device))[:count]
 
 
 def _reverse_positions(src: Tensor, dst: Tensor, key: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
@@ -264,15 +269,6 @@ def bond_graph(bonds: Tensor, num_nodes: int, checks: Sequence[InputCheck] = (),
     return BondPlex(edge_index, ptr, pairs, trip)
 
 
-def _rounded(r: float, dtype: torch.dtype) -> float:
-    """``r`` rounded to ``dtype`` as the neighbor searches round it (to nearest), on the host."""
-    if dtype == torch.float32:
-        return struct.unpack("f", struct.pack("f", r))[0]
-    if dtype == torch.float64:
-        return float(r)
-    raise ValueError(f"radius_subgraph: distances must be float32 or float64, got {dtype}")
-
-
 def _search_safe_unchecked(pos: Tensor) -> bool:
     """Whether the neighbor search on ``pos``'s device may run before the input checks are read: the
     Triton kernels (CUDA) are safe on any input; the C++ ones assume valid input."""
@@ -296,7 +292,7 @@ def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
     ``include_self_pairs``), :math:`d_v` the degree of node ``v``. ``checks``: :class:`InputCheck`
     flags read in the same read (raised when one fails).
     """
-    keep = dist <= _rounded(r, dist.dtype)
+    keep = dist <= rounded_cutoff(r, dist.dtype)
     kept_before = torch.cumsum(keep, 0)
     start = torch.cat([kept_before.new_zeros(1), kept_before])
     ptr = start.index_select(0, ptr)
@@ -305,10 +301,7 @@ def radius_subgraph(edge_index: Tensor, ptr: Tensor, dist: Tensor, r: float,
     count, two_hop, squares, *ok = read_counts(ptr[-1], squares - ptr[-1], squares, *checks)
     _raise_failed(checks, ok)
     one_hop = squares if include_self_pairs else two_hop
-    # position of each kept edge in the result; the others write into a spare last slot, then cut
-    slot = torch.where(keep, kept_before - 1, count)
-    order = torch.zeros(count + 1, dtype=torch.long, device=dist.device)
-    order = order.scatter_(0, slot, torch.arange(keep.numel(), device=dist.device))[:count]
+    order = _positions(keep, kept_before - 1, count)
     return edge_index.index_select(1, order), ptr, order, [two_hop, one_hop]
 
 
@@ -387,8 +380,8 @@ def build_graphs(cfg, pos: Tensor, batch: Optional[Tensor], bonds: Optional[Tens
     search, and one for the triplets of a radius or kNN local plex (with a local plex cut from the
     global one, its size and triplet sizes in one read, which on the GPU also carries the input
     checks). So a bond plex with a radius global plex (QM9) reads twice, and so do two radius plexes
-    on the GPU (three times when the local plex is searched). The searches and the triplet enumeration run
-    after the checks with ``check_values=False``.
+    on the GPU (three times when the local plex is searched). The searches and the triplet
+    enumeration run after the checks with ``check_values=False``.
     """
     n = pos.size(0)
     compat = cfg.reference_compat
@@ -490,9 +483,6 @@ def _plex_transposes(edge_index: Tensor, ptr: Tensor, num_nodes: int,
     """The :class:`PlexTransposes` of a plex with its :func:`pair_rows` (or ``None``: every edge its
     own row)."""
     src = ops.transposed_csr(edge_index[0], num_nodes, ptr)
-    if pairs is None:
-        # every edge its own row: the transpose of arange(E) is itself (perm, tptr = arange) and
-        # the segment of each edge its target, so no sort
-        ids = torch.arange(edge_index.size(1) + 1, device=ptr.device)
-        return PlexTransposes(src, torch.cat([ids[:-1], edge_index[1], ids]), angles)
+    if pairs is None:  # every edge its own row; the segment of an edge is its target
+        return PlexTransposes(src, transposed_identity(edge_index[1]), angles)
     return PlexTransposes(src, ops.transposed_csr(pairs[1], pairs[0].numel(), ptr), angles)

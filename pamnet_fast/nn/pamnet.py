@@ -135,6 +135,9 @@ class _PAMNetBase(nn.Module):
     def __init__(self, config: Optional[PAMNetConfig] = None, **kw):
         super().__init__()
         cfg = replace(config or PAMNetConfig(), **kw)
+        if not (isinstance(cfg.activation_checkpointing, bool) or cfg.activation_checkpointing == "edges"):
+            raise ValueError(f"activation_checkpointing must be True, False or 'edges', got "
+                             f"{cfg.activation_checkpointing!r}")
         self.config = cfg
         self.dim = d = cfg.dim
         compat = cfg.reference_compat
@@ -156,10 +159,6 @@ class _PAMNetBase(nn.Module):
             self.mlp_rbf_l = MLP([cfg.num_radial, d])
             self._make_sbf_mlps(cfg.num_spherical * cfg.num_spherical_radial, d)
             self.local_layer.extend(self.local_cls(d, cfg.out_dim) for _ in range(cfg.n_layer))
-        if cfg.activation_checkpointing not in (True, False, "edges") or \
-                type(cfg.activation_checkpointing) not in (bool, str):
-            raise ValueError(f"activation_checkpointing must be True, False or 'edges', got "
-                             f"{cfg.activation_checkpointing!r}")
         for layer in (*self.global_layer, *self.local_layer):
             layer.grad_checkpointing = cfg.activation_checkpointing
         self.fusion = AttentionFusion(0.2)

@@ -7,8 +7,18 @@ both import it from here, so the models do not depend on the reference module.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def rounded_cutoff(r: float, dtype: torch.dtype) -> float:
+    """``r`` rounded to ``dtype`` (to nearest; float32 overflow gives inf), as every neighbor search
+    compares distances in ``dtype`` with it; on the host (no device tensor, so nothing to read)."""
+    if dtype != torch.float32:
+        return float(r)
+    with np.errstate(over="ignore"):
+        return float(np.float32(r))
 
 
 def squared_distance(pos_i: Tensor, pos_j: Tensor) -> Tensor:

@@ -48,6 +48,13 @@ def transposed_csr(index: Tensor, num_rows: int, ptr: Tensor) -> Tensor:
     return torch.cat([perm, rows.index_select(0, perm), tptr.long()])
 
 
+def transposed_identity(rows: Tensor) -> Tensor:
+    """:func:`transposed_csr` of ``arange(S)`` (every entry its own row), given ``rows [S]``, the
+    segment of each entry (non-decreasing): no sort, ``perm`` and ``tptr`` are ``arange``."""
+    ids = torch.arange(rows.numel() + 1, device=rows.device)
+    return torch.cat([ids[:-1], rows.long(), ids])
+
+
 def unpack(t: Tensor, entries: int) -> Tuple[Tensor, Tensor, Tensor]:
     """``(perm [S], rows[perm] [S], tptr [M + 1])`` of a :func:`transposed_csr` of ``entries`` = S."""
     return t[:entries], t[entries:2 * entries], t[2 * entries:]

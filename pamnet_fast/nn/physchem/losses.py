@@ -34,21 +34,20 @@ class ConnPairs(NamedTuple):
 
 
 def _dense_slots(batch: Tensor, num_graphs: int, counts: Optional[Tensor] = None,
-                 max_atoms: Optional[int] = None, slot: Optional[Tensor] = None, starts: bool = True):
+                 max_atoms: Optional[int] = None, slot: Optional[Tensor] = None):
     """``(counts, starts, slot, max_atoms)``; ``counts [G]``, ``max_atoms`` and ``slot [N]`` (each
     atom's place in its molecule) when the caller has them (a :class:`~.graph.MolBatch`: its
-    ``atom_slot``): otherwise they are read from the device, or computed. ``starts=False``: the
-    caller needs no ``starts`` (``None``; not computed when ``slot`` is given)."""
+    ``atom_slot``): otherwise they are read from the device, or computed. ``starts`` (the first atom
+    of each molecule) is ``None`` when ``slot`` is given."""
     if counts is None:
         counts = torch.bincount(batch, minlength=num_graphs)
     if max_atoms is None:
         max_atoms = int(counts.max()) if counts.numel() else 0
-    first = None
-    if starts or slot is None:
-        first = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+    starts = None
     if slot is None:
-        slot = torch.arange(batch.numel(), device=batch.device) - first[batch]
-    return counts, first, slot, max_atoms
+        starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+        slot = torch.arange(batch.numel(), device=batch.device) - starts[batch]
+    return counts, starts, slot, max_atoms
 
 
 def conn_pairs(edge_index: Tensor, batch: Tensor, num_graphs: int, k: int = 3,
@@ -91,7 +90,7 @@ def kabsch_rmsd(x: Tensor, y: Tensor, batch: Tensor, num_graphs: int, counts: Op
                 max_atoms: Optional[int] = None, slot: Optional[Tensor] = None) -> Tensor:
     """Per-molecule RMSD ``[G]`` of ``x`` onto ``y`` after the optimal proper rotation (``counts``,
     ``max_atoms``, ``slot``: see :func:`_dense_slots`)."""
-    counts, _, slot, n = _dense_slots(batch, num_graphs, counts, max_atoms, slot, starts=False)
+    counts, _, slot, n = _dense_slots(batch, num_graphs, counts, max_atoms, slot)
     cnt = counts.clamp(min=1).to(x.dtype)[:, None]
     xc = x - (segment_sum(x, batch, num_graphs) / cnt)[batch]
     yc = y - (segment_sum(y, batch, num_graphs) / cnt)[batch]

@@ -59,7 +59,7 @@ class Workspace(NamedTuple):
 
 def workspace(pos: Tensor) -> Workspace:
     n = pos.size(0)
-    # (totals and counts are one block [3 + N], which GRAPHS zeroes the head of: _graphs_kernel)
+    # (totals and counts are one block [3 + N], whose head GRAPHS, or TILES before it, zeroes)
     tiles = triton.cdiv(n, GRAPH_BLOCK)
     sizes = [n * BOX_COLS, n * DIMS_COLS, n, n, 2, n + 1, CELLS_PER_NODE * n + 1,
              -(-3 * n * pos.element_size() // 8), tiles * 8 * pos.element_size() // 8]

@@ -73,13 +73,13 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from .. import checks, validate
+from ..geometry import rounded_cutoff
 from . import neighbor_grid
 from .neighbor_grid import Workspace, float_bits, from_bits
 
@@ -222,14 +222,6 @@ def _scan(grid: _Grid, r: float, loop: bool, active: Optional[Tensor] = None,
     return (ei, dist) if fill else None
 
 
-def _rounded(r: float, dtype) -> float:
-    """``r`` rounded to ``dtype``, on the host (no read of the device copy)."""
-    if dtype != torch.float32:
-        return float(r)
-    with np.errstate(over="ignore"):
-        return float(np.float32(r))
-
-
 def _csr(counts: Tensor) -> Tensor:
     ptr = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
     torch.cumsum(counts, 0, out=ptr[1:])
@@ -270,7 +262,7 @@ def radius_graph(pos: Tensor, r: float, batch: Optional[Tensor], loop: bool, max
     if n == 0:
         return _empty(pos)
     pos = pos.contiguous()
-    r_dtype = _rounded(r, pos.dtype)
+    r_dtype = rounded_cutoff(r, pos.dtype)
     ws = neighbor_grid.workspace(pos)
     grid = _grid(pos, _batch(batch), ws, r_dtype * _CELL_MARGIN)
     _scan(grid, r_dtype, loop)
@@ -317,14 +309,14 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor], r: Optional[float], 
     radius, diag_max = _read(torch.stack([est.min(), diag.max()]))
     if not math.isfinite(radius):
         radius = 1.0
-    r_cap = math.inf if r is None else _rounded(r, pos.dtype)
+    r_cap = math.inf if r is None else rounded_cutoff(r, pos.dtype)
     active = torch.ones(n, dtype=torch.bool, device=dev)
     # slot t * k + rank of target t, and one spare slot (n * k) for the entries past the k nearest
     slots = torch.full((n * k + 1,), -1, dtype=torch.int64, device=dev)
     while True:
         radius = min(radius, r_cap)
         final = radius >= r_cap
-        r_dtype = _rounded(radius, pos.dtype)
+        r_dtype = rounded_cutoff(radius, pos.dtype)
         grid = _grid(pos, batch, ws, r_dtype * _CELL_MARGIN)
         _scan(grid, r_dtype, loop, active=active)
         counts = ws.counts[1:]
