@@ -227,8 +227,11 @@ def count_flops(case: _data.Case) -> dict:
 
 def _qm9_params():
     sizes = BATCH_SIZES_QUICK if _data.quick() else BATCH_SIZES_FULL
-    return [pytest.param(m, bs, mode, id=f"{mode}-bs{bs}-{m}") for mode in MODES for bs in sizes
-            for m in MODELS + ([ATEN_GEMM] if bs == sizes[0] else [])]
+    return ([pytest.param(m, bs, mode, id=f"{mode}-bs{bs}-{m}") for mode in MODES for bs in sizes
+             for m in MODELS + ([ATEN_GEMM] if bs == sizes[0] else [])] +
+            # the other activation checkpointing settings: train step, largest batch
+            [pytest.param(m, sizes[0], "train", id=f"train-bs{sizes[0]}-{m}")
+             for m in (FULL_CHECKPOINTING, NO_CHECKPOINTING)])
 
 
 @pytest.mark.parametrize("model_name,batch_size,mode", _qm9_params())

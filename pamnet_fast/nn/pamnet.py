@@ -52,7 +52,8 @@ class PAMNetConfig:
     128 (``benchmarks/saved_activations.py``, ``benchmarks/host_overhead.py``, 2026-12-01): kept
     activations 502 / 246 / 777 MB (0.134 / 0.066 / 0.208x DimeNet++'s), host time of a tiny train
     step (the launch-bound regime of a GPU) 47.6 / 64.0 / 39.1 ms (DimeNet++ 47.8 ms), CPU train
-    step at batch 128 693 / 757 / 660 ms. Checkpoints load across the setting.
+    step at batch 128 (``benchmarks/test_models.py``) 725 / 795 / 639 ms. Checkpoints load across
+    the setting.
     """
     dim: int = 128
     n_layer: int = 6
