@@ -7,7 +7,7 @@ not the other), so values and gradients do not change. ``PAMNetConfig(activation
 ``"edges"`` (default) recomputes the per-edge and per-triplet blocks only, ``True`` also the node MLPs
 (least memory), ``False`` nothing (least time): ``benchmarks/host_overhead.py`` and
 ``benchmarks/saved_activations.py`` measure the trade. A torch checkpoint block costs host time of
-its own (about 0.25 ms forward + 0.3 ms backward per block on the CPU proxy), so few, large blocks.
+its own (its saved-tensor hooks and recomputation frame), so few, large blocks.
 
 A custom autograd node per block (parameters as explicit inputs, ``torch.autograd.grad`` inside its
 backward) was tried: 10 % less host time per train step on a tiny batch, but it breaks under module
