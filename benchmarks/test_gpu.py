@@ -18,8 +18,9 @@ Cases (groups of the results file; ``impl`` ``ours`` against the baselines of th
   systems x 2,048 atoms at 5 Å in one batch; ``knn_graph`` (k = 16) on RNA-Puzzle 5 and 6zu5; against
   a plain-PyTorch brute force (all pairs in blocks, ``pair_distance``), whose result ours must equal
   bit for bit (checked first);
-* message ops, forward + backward: ``segment_gather_mul``, ``fused_edge_message`` and
-  ``fused_edge_message`` with ``edge_row`` (both directions of a pair share a row, as in PAMNet) at
+* message ops, forward + backward: ``segment_gather_mul``, ``fused_edge_message``, and
+  ``fused_edge_message`` and ``edge_message`` (its terms per edge: PAMNet's local neighbour messages)
+  with ``edge_row`` (both directions of a pair share a row, as in PAMNet) at
   E = 1e5, 1e6, 1e7 with F = 128, and at E = 1e6 with F = 96 (not a power of two) and in bfloat16;
   against the unfused PyTorch code (``index_select``, arithmetic, ``index_add_``) eager and under
   ``torch.compile`` (``dynamic=True``: one compilation per op); results checked against the eager code;
@@ -240,7 +241,8 @@ def _message_sizes():
             (1_000_000, 96, "float32"), (1_000_000, 128, "bfloat16")]
 
 
-MESSAGE_OPS = ["segment_gather_mul", "fused_edge_message", "fused_edge_message+edge_row"]
+MESSAGE_OPS = ["segment_gather_mul", "fused_edge_message", "fused_edge_message+edge_row",
+               "edge_message+edge_row"]
 MESSAGE_IMPLS = ["ours", "torch.compile", "eager"]
 
 
@@ -272,6 +274,12 @@ def unfused_fused_edge_message(p, q, r, s, src, dst, edge_row=None):
     return p.new_zeros(p.shape).index_add_(0, dst, F.silu(h) * s)
 
 
+def unfused_edge_message(p, q, r, s, src, dst, edge_row=None):
+    if edge_row is not None:
+        r, s = r.index_select(0, edge_row), s.index_select(0, edge_row)
+    return F.silu(p.index_select(0, dst) + q.index_select(0, src) + r) * s
+
+
 _COMPILED = {}
 
 
@@ -298,7 +306,8 @@ def _message_problem(op, num_edges, features, dtype):
         rows = pairs if op.endswith("edge_row") else num_edges
         inputs = [leaf(n), leaf(n), leaf(rows), leaf(rows)]
         index = [ptr, src] + ([row] if op.endswith("edge_row") else [])
-    grad = torch.randn(n, features, device=DEV, generator=g).to(dt)
+    out_rows = num_edges if op.startswith("edge_message") else n
+    grad = torch.randn(out_rows, features, device=DEV, generator=g).to(dt)
     return n, src, dst, row, ptr, inputs, index, grad
 
 
@@ -321,8 +330,8 @@ class _InterpretedMessageOp(torch.autograd.Function):
         if ctx.op == "segment_gather_mul":
             grads = KERNELS["segment_gather_mul_backward"](grad, leaves[0], index[0], leaves[1], index[1],
                                                            True, True)
-        else:
-            grads = KERNELS["fused_edge_message_backward"](grad, *leaves, *index, [True] * 4)
+        else:  # fused_edge_message, edge_message
+            grads = KERNELS[f"{ctx.op}_backward"](grad, *leaves, *index, [True] * 4)
         return (None, None) + tuple(grads)
 
 
@@ -340,9 +349,12 @@ def _message_forward(op, impl, n, src, dst, row, ptr, inputs):
         fn = unfused_segment_gather_mul if impl == "eager" else _compiled(unfused_segment_gather_mul)
         return lambda: fn(a, src, b, dst, n)
     p, q, r, s = inputs
+    per_edge = op.startswith("edge_message")
     if impl == "ours":
-        return lambda: ops.fused_edge_message(p, q, r, s, ptr, src, edge_row)
-    fn = unfused_fused_edge_message if impl == "eager" else _compiled(unfused_fused_edge_message)
+        fused = ops.edge_message if per_edge else ops.fused_edge_message
+        return lambda: fused(p, q, r, s, ptr, src, edge_row)
+    unfused = unfused_edge_message if per_edge else unfused_fused_edge_message
+    fn = unfused if impl == "eager" else _compiled(unfused)
     return lambda: fn(p, q, r, s, src, dst, edge_row)
 
 
@@ -394,7 +406,7 @@ def test_message_ops(benchmark, copy_bandwidth, size, op, impl):
     assert err < (2e-2 if dtype == "bfloat16" else 1e-4), err
     # byte floor: forward reads inputs + indices, writes out; backward reads grad, inputs, indices and
     # writes one gradient per input
-    out = torch.empty(n, features, device=DEV, dtype=inputs[0].dtype)
+    out = torch.empty_like(grad)
     _floor(benchmark, copy_bandwidth, 2 * (inputs + index) + [grad], [out] + inputs)
 
     def run():

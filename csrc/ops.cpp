@@ -226,12 +226,20 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward(const at::Tensor&
                                                  need_a, need_b);
 }
 
-at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
-                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-                              const std::optional<at::Tensor>& edge_row, bool check_values,
-                              const std::optional<at::Tensor>& src_transpose,
-                              const std::optional<at::Tensor>& row_transpose) {
-  const char* op = "fused_edge_message";
+namespace {
+
+// The indices of fused_edge_message / edge_message (the same inputs), checked, as int64.
+struct EdgeMessageIndices {
+  at::Tensor ptr, src;
+  std::optional<at::Tensor> edge_row;
+};
+
+EdgeMessageIndices check_edge_message(const char* op, const at::Tensor& p, const at::Tensor& q,
+                                      const at::Tensor& r, const at::Tensor& s, const at::Tensor& ptr,
+                                      const at::Tensor& src,
+                                      const std::optional<at::Tensor>& edge_row, bool check_values,
+                                      const std::optional<at::Tensor>& src_transpose,
+                                      const std::optional<at::Tensor>& row_transpose) {
   check_float(op, "p", p, 2);
   check_float(op, "q", q, 2);
   check_float(op, "r", r, 2);
@@ -259,8 +267,39 @@ at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at
   check_transpose(op, "src_transpose", src_transpose, E, q.size(0));
   TORCH_CHECK_VALUE(!row_transpose || edge_row, op, ": row_transpose given without edge_row");
   check_transpose(op, "row_transpose", row_transpose, E, r.size(0));
+  return {pt, sr, er};
+}
+
+// The backward of either op: grad_out of shape [rows, F] (targets or edges).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_message_backward_of(
+    const char* op, bool grad_per_edge, const at::Tensor& grad_out, const at::Tensor& p,
+    const at::Tensor& q, const at::Tensor& r, const at::Tensor& s, const at::Tensor& ptr,
+    const at::Tensor& src, const std::optional<at::Tensor>& edge_row,
+    std::array<bool, 4> output_mask) {
+  check_float(op, "grad_out", grad_out, 2);
+  const int64_t rows = grad_per_edge ? src.numel() : p.size(0);
+  TORCH_CHECK_VALUE(grad_out.size(0) == rows && grad_out.size(1) == p.size(1), op,
+                    ": grad_out has shape ", grad_out.sizes(), ", expected [", rows, ", ", p.size(1),
+                    "]");
+  std::optional<at::Tensor> er;
+  if (edge_row) er = edge_row->to(at::kLong).contiguous();
+  return cpu::fused_edge_message_backward_kernel(
+      grad_out.to(p.scalar_type()).contiguous(), p.contiguous(), q.contiguous(), r.contiguous(),
+      s.contiguous(), ptr.to(at::kLong).contiguous(), src.to(at::kLong).contiguous(), er, output_mask,
+      grad_per_edge);
+}
+
+}  // namespace
+
+at::Tensor fused_edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                              const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                              const std::optional<at::Tensor>& edge_row, bool check_values,
+                              const std::optional<at::Tensor>& src_transpose,
+                              const std::optional<at::Tensor>& row_transpose) {
+  auto idx = check_edge_message("fused_edge_message", p, q, r, s, ptr, src, edge_row, check_values,
+                                src_transpose, row_transpose);
   return cpu::fused_edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
-                                        pt, sr, er);
+                                        idx.ptr, idx.src, idx.edge_row);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward(
@@ -268,15 +307,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
     const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask,
     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
-  const char* op = "fused_edge_message_backward";
-  check_float(op, "grad_out", grad_out, 2);
-  TORCH_CHECK_VALUE(grad_out.sizes() == p.sizes(), op, ": grad_out has shape ", grad_out.sizes(),
-                    ", expected ", p.sizes());
-  std::optional<at::Tensor> er;
-  if (edge_row) er = edge_row->to(at::kLong).contiguous();
-  return cpu::fused_edge_message_backward_kernel(
-      grad_out.to(p.scalar_type()).contiguous(), p.contiguous(), q.contiguous(), r.contiguous(),
-      s.contiguous(), ptr.to(at::kLong).contiguous(), src.to(at::kLong).contiguous(), er, output_mask);
+  return edge_message_backward_of("fused_edge_message_backward", false, grad_out, p, q, r, s, ptr, src,
+                                  edge_row, output_mask);
+}
+
+at::Tensor edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                        const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                        const std::optional<at::Tensor>& edge_row, bool check_values,
+                        const std::optional<at::Tensor>& src_transpose,
+                        const std::optional<at::Tensor>& row_transpose) {
+  auto idx = check_edge_message("edge_message", p, q, r, s, ptr, src, edge_row, check_values,
+                                src_transpose, row_transpose);
+  return cpu::edge_message_kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(),
+                                  idx.ptr, idx.src, idx.edge_row);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_message_backward(
+    const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask,
+    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&) {
+  return edge_message_backward_of("edge_message_backward", true, grad_out, p, q, r, s, ptr, src,
+                                  edge_row, output_mask);
 }
 
 namespace {

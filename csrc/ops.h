@@ -40,6 +40,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
     const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask,
     const std::optional<at::Tensor>& src_transpose, const std::optional<at::Tensor>& row_transpose);
+at::Tensor edge_message(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                        const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                        const std::optional<at::Tensor>& edge_row, bool check_values,
+                        const std::optional<at::Tensor>& src_transpose,
+                        const std::optional<at::Tensor>& row_transpose);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> edge_message_backward(
+    const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+    const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> output_mask,
+    const std::optional<at::Tensor>& src_transpose, const std::optional<at::Tensor>& row_transpose);
 at::Tensor bessel_basis(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
                         int64_t envelope_exponent, bool check_values);
 std::tuple<at::Tensor, at::Tensor> bessel_basis_backward(const at::Tensor& grad_out,

@@ -29,6 +29,12 @@ TORCH_LIBRARY(pamnet_fast, m) {
   m.def("fused_edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, Tensor s, "
         "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask, Tensor? src_transpose=None, "
         "Tensor? row_transpose=None) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src, "
+        "Tensor? edge_row=None, bool check_values=True, Tensor? src_transpose=None, "
+        "Tensor? row_transpose=None) -> Tensor");
+  m.def("edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, Tensor s, "
+        "Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask, Tensor? src_transpose=None, "
+        "Tensor? row_transpose=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
         "bool check_values=True) -> Tensor");
   m.def("bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, float cutoff, "
@@ -47,6 +53,8 @@ TORCH_LIBRARY_IMPL(pamnet_fast, CPU, m) {
   m.impl("segment_gather_mul_backward", &pamnet_fast::segment_gather_mul_backward);
   m.impl("fused_edge_message", &pamnet_fast::fused_edge_message);
   m.impl("fused_edge_message_backward", &pamnet_fast::fused_edge_message_backward);
+  m.impl("edge_message", &pamnet_fast::edge_message);
+  m.impl("edge_message_backward", &pamnet_fast::edge_message_backward);
   m.impl("bessel_basis", &pamnet_fast::bessel_basis);
   m.impl("bessel_basis_backward", &pamnet_fast::bessel_basis_backward);
   m.impl("spherical_basis", &pamnet_fast::spherical_basis);

@@ -166,6 +166,8 @@ def _valid_calls(check_values):
             ops.fused_edge_message(p, q, r, s, torch.tensor([0, 1, 4]), src, **kw),
             ops.fused_edge_message(p, q, r[:3], s[:3], torch.tensor([0, 1, 4]), src,
                                    torch.tensor([0, 2, 1, 1]), **kw),
+            ops.edge_message(p, q, r[:3], s[:3], torch.tensor([0, 1, 4]), src, torch.tensor([0, 2, 1, 1]),
+                             **kw),
             ops.bessel_basis(dist, 5.0, 4, **kw),
             ops.spherical_basis(dist, torch.rand(6) * 3, 5.0, 3, 2, **kw)]
 

@@ -60,6 +60,16 @@ def _samples():
                                               + (ptr, ei[0], torch.arange(e) % 5, True,
                                                  ops.transposed_csr(ei[0], 20, ptr),
                                                  ops.transposed_csr(torch.arange(e) % 5, 5, ptr)),
+        # edge_message has fused_edge_message's inputs (its output is per edge)
+        "edge_message": tuple(torch.randn(n, 4, dtype=torch.float64, **rg) for n in (20, 20, e, e))
+                        + (ptr, ei[0]),
+        "edge_message_shared_rows": tuple(torch.randn(n, 4, dtype=torch.float64, **rg) for n in (20, 20, 5, 5))
+                                    + (ptr, ei[0], torch.arange(e) % 5),
+        "edge_message_with_transposes": tuple(torch.randn(n, 4, dtype=torch.float64, **rg)
+                                              for n in (20, 20, 5, 5))
+                                        + (ptr, ei[0], torch.arange(e) % 5, True,
+                                           ops.transposed_csr(ei[0], 20, ptr),
+                                           ops.transposed_csr(torch.arange(e) % 5, 5, ptr)),
         "segment_gather_mul_with_transpose": (torch.randn(5, 3, dtype=torch.float64, **rg), src,
                                               torch.randn(20, 3, dtype=torch.float64, **rg), sptr, True,
                                               ops.transposed_csr(src, 5, sptr)),
@@ -71,8 +81,8 @@ def _samples():
 
 
 @pytest.mark.parametrize("name", library.FORWARD_OPS + (
-    "fused_edge_message_shared_rows", "fused_edge_message_with_transposes",
-    "segment_gather_mul_with_transpose", "triplets_with_sizes"))
+    "fused_edge_message_shared_rows", "fused_edge_message_with_transposes", "edge_message_shared_rows",
+    "edge_message_with_transposes", "segment_gather_mul_with_transpose", "triplets_with_sizes"))
 def test_opcheck(name):
     op = getattr(torch.ops.pamnet_fast, next(n for n in library.FORWARD_OPS if name.startswith(n)))
     args = _samples()[name]

@@ -46,6 +46,8 @@ def _call(name, make):
         return ops.segment_gather_mul(t(n, f), src, t(e, f), ptr)
     if name == "fused_edge_message":
         return ops.fused_edge_message(t(n, f), t(n, f), t(e, f), t(e, f), ptr, src)
+    if name == "edge_message":
+        return ops.edge_message(t(n, f), t(n, f), t(e, f), t(e, f), ptr, src)
     if name == "bessel_basis":
         return ops.bessel_basis(dist, 5.0, 6, 5)
     return ops.spherical_basis(dist, angle, 5.0, 3, 4, 5)
@@ -120,7 +122,8 @@ def test_pamnet_bf16_autocast_feeds_fused_ops_float32(qm9_batch, cls):
         out = model(qm9_batch)
     assert torch.isfinite(out.float()).all()
     assert log.gemm == {torch.bfloat16}  # the dense layers did run in bf16
-    for name in ("fused_edge_message", "segment_gather_mul", "bessel_basis", "spherical_basis"):
+    for name in ("fused_edge_message", "edge_message", "segment_gather_mul", "bessel_basis",
+                 "spherical_basis"):
         assert log.custom.get(name) and log.custom[name] <= {torch.float32, torch.float64}, (name, log.custom)
 
 

@@ -42,7 +42,7 @@ def case(mod, name, fp, types, constexprs, fusion=True, warps=None):
     sig = {a: ("constexpr" if a in constexprs else types.get(a, fp)) for a in fn.arg_names}
     cx = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     tag = ",".join(f"{k}={v}" for k, v in constexprs.items()
-                   if k in ("FILL", "SORT", "SEG", "TILED", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N"))
+                   if k in ("FILL", "SORT", "SEG", "TILED", "HAS_X", "HAS_IY", "HAS_ROW", "BY_ROW", "NEED_R", "BLOCK_N", "PER_EDGE", "G_PER_EDGE"))
     warps = warps or (8 if constexprs.get("SEG", 1) > 1024 else 4)
     return f"{name}[{fp}{';' + tag if tag else ''}]", ASTSource(fn, sig, constexprs=cx), {"enable_fp_fusion": fusion, "num_warps": warps}
 scan = dict(key_ptr=I, order_ptr=I, row_ptr=I, dims_ptr=I, cell_start_ptr=I, r_bits="i32", active_ptr="*i1",
@@ -67,12 +67,16 @@ cases = [
     case("segment", "gather_mul_sum_kernel", "*bf16", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_X=True, HAS_IY=True, BLOCK_S=16, BLOCK_F=128)),
     case("segment", "gather_mul_sum_kernel", "*fp64", dict(ix_ptr=I, iy_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, HAS_X=False, HAS_IY=True, BLOCK_S=16, BLOCK_F=64)),
     case("segment", "_scale_rows_kernel", "*fp32", dict(src_ptr=I, seg_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_fwd_kernel", "*bf16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, NEED_P=True, NEED_R=True, NEED_S=True, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_segment_kernel", "*fp16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
-    case("message", "_bwd_transposed_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, BY_ROW=True, HAS_ROW=True, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=64)),
+    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, PER_EDGE=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_fwd_kernel", "*bf16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, PER_EDGE=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_fwd_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, PER_EDGE=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=False, G_PER_EDGE=False, NEED_P=True, NEED_R=True, NEED_S=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp16", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, G_PER_EDGE=False, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_segment_kernel", "*fp32", dict(ptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, HAS_ROW=True, G_PER_EDGE=True, NEED_P=True, NEED_R=False, NEED_S=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, G_PER_EDGE=False, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_transposed_kernel", "*fp64", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F64, BY_ROW=True, HAS_ROW=True, G_PER_EDGE=False, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=64)),
+    case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=True, HAS_ROW=True, G_PER_EDGE=True, NEED_A=True, NEED_B=True, BLOCK_S=16, BLOCK_F=128)),
+    case("message", "_bwd_transposed_kernel", "*fp32", dict(perm_ptr=I, rows_ptr=I, tptr_ptr=I, src_ptr=I, erow_ptr=I, num_features="i32", size_class="i32"), dict(ACC=F32, BY_ROW=False, HAS_ROW=True, G_PER_EDGE=True, NEED_A=True, NEED_B=False, BLOCK_S=16, BLOCK_F=128)),
     case("dense", "_linear_act_kernel", "*fp32", dense, dense_cx),
     case("dense", "_linear_act_kernel", "*bf16", dense, dense_cx),
     case("dense", "_linear_act_kernel", "*fp32", dense, dict(dense_cx, BLOCK_N=16)),

@@ -96,8 +96,9 @@ def test_model_on_triton_kernels_reads_and_launches(name, qm9_small, monkeypatch
             got = model(data, graphs)
     assert counter.syncs == [], counter.syncs
     if DEV == "cpu":
-        # per layer: global edge sum, local edge sum + gate sum, angle sum(s); two basis kernels
-        per_layer = 4
+        # per layer: global edge sum, local neighbour messages (edge_message), local edge sum + gate
+        # sum, angle sum(s); two basis kernels
+        per_layer = 5
         bases = 2 + (2 if name == "PAMNet" else 1)
         assert len(launches) == n_layer * per_layer + bases, launches
     _close(got, want, torch.float64)

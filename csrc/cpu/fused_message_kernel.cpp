@@ -1,5 +1,7 @@
 // fused_edge_message: out[i] = sum_{e in [ptr[i], ptr[i+1])} silu(p[i] + q[src[e]] + r[k]) * s[k],
 // k = edge_row[e] (or e): edges may share their rows of r and s (both directions of a pair).
+// edge_message: the same terms stored per edge, out[e] ([E, F]); its backward is this one reading the
+// gradient per edge.
 //
 // One target per task, features innermost. The backward recomputes h = p + q + r and the SiLU per
 // edge instead of keeping E x F activations; the gradient w.r.t. q (gathered by src) is summed over
@@ -56,6 +58,33 @@ __attribute__((always_inline)) inline void message_row_backward(
   }
 }
 
+// One edge row, stored: oe = silu(pi + qj + re) * se (edge_message).
+template <typename scalar_t>
+__attribute__((always_inline)) inline void message_row_store(scalar_t* __restrict oe,
+                                                             const scalar_t* __restrict pi,
+                                                             const scalar_t* __restrict qj,
+                                                             const scalar_t* __restrict re,
+                                                             const scalar_t* __restrict se, int64_t F) {
+  for (int64_t f = 0; f < F; ++f) {
+    const scalar_t h = (pi[f] + qj[f]) + re[f];
+    oe[f] = h * sigmoid(h) * se[f];
+  }
+}
+
+template <typename scalar_t>
+__attribute__((always_inline)) inline void edge_rows(scalar_t* out, const scalar_t* p, const scalar_t* q,
+                                                     const scalar_t* r, const scalar_t* s,
+                                                     const int64_t* ptr, const int64_t* src,
+                                                     const int64_t* erow, int64_t begin, int64_t end,
+                                                     int64_t F) {
+  for (int64_t i = begin; i < end; ++i) {
+    for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+      const int64_t k = erow ? erow[e] : e;
+      message_row_store(out + e * F, p + i * F, q + src[e] * F, r + k * F, s + k * F, F);
+    }
+  }
+}
+
 template <typename scalar_t>
 __attribute__((always_inline)) inline void forward_rows(scalar_t* out, const scalar_t* p,
                                                         const scalar_t* q, const scalar_t* r,
@@ -73,19 +102,20 @@ __attribute__((always_inline)) inline void forward_rows(scalar_t* out, const sca
 }
 
 // Gradients per edge row; outputs that are not wanted (nullptr) go to a scratch row, so the feature
-// loop has no branch.
+// loop has no branch. grad_per_edge: go has a row per edge (edge_message), else per target.
 template <typename scalar_t>
 __attribute__((always_inline)) inline void backward_rows(
     const scalar_t* go, const scalar_t* p, const scalar_t* q, const scalar_t* r, const scalar_t* s,
     const int64_t* ptr, const int64_t* src, const int64_t* erow, scalar_t* gh, scalar_t* gs,
-    scalar_t* gp, int64_t begin, int64_t end, int64_t F) {
+    scalar_t* gp, int64_t begin, int64_t end, int64_t F, bool grad_per_edge) {
   std::vector<scalar_t> scratch(3 * F);
   for (int64_t i = begin; i < end; ++i) {
     scalar_t* gpi = gp ? gp + i * F : scratch.data();
     for (int64_t f = 0; f < F; ++f) gpi[f] = scalar_t(0);
     for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
       const int64_t k = erow ? erow[e] : e;
-      message_row_backward(go + i * F, p + i * F, q + src[e] * F, r + k * F, s + k * F,
+      message_row_backward(go + (grad_per_edge ? e : i) * F, p + i * F, q + src[e] * F, r + k * F,
+                           s + k * F,
                            gh ? gh + e * F : scratch.data() + F,
                            gs ? gs + e * F : scratch.data() + 2 * F, gpi, F);
     }
@@ -159,11 +189,17 @@ PAMNET_FAST_VECTOR_CLONES void forward_rows_f(float* out, const float* p, const 
                                               int64_t e, int64_t F) {
   forward_rows(out, p, q, r, s, ptr, src, erow, b, e, F);
 }
+PAMNET_FAST_VECTOR_CLONES void edge_rows_f(float* out, const float* p, const float* q, const float* r,
+                                           const float* s, const int64_t* ptr, const int64_t* src,
+                                           const int64_t* erow, int64_t b, int64_t e, int64_t F) {
+  edge_rows(out, p, q, r, s, ptr, src, erow, b, e, F);
+}
 PAMNET_FAST_VECTOR_CLONES void backward_rows_f(const float* go, const float* p, const float* q,
                                                const float* r, const float* s, const int64_t* ptr,
                                                const int64_t* src, const int64_t* erow, float* gh,
-                                               float* gs, float* gp, int64_t b, int64_t e, int64_t F) {
-  backward_rows(go, p, q, r, s, ptr, src, erow, gh, gs, gp, b, e, F);
+                                               float* gs, float* gp, int64_t b, int64_t e, int64_t F,
+                                               bool grad_per_edge) {
+  backward_rows(go, p, q, r, s, ptr, src, erow, gh, gs, gp, b, e, F, grad_per_edge);
 }
 PAMNET_FAST_VECTOR_CLONES void paired_backward_rows_f(
     const float* go, const float* p, const float* q, const float* r, const float* s, const int64_t* ptr,
@@ -232,10 +268,26 @@ at::Tensor fused_edge_message_kernel(const at::Tensor& p, const at::Tensor& q, c
   return out;
 }
 
+at::Tensor edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                               const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                               const std::optional<at::Tensor>& edge_row) {
+  const int64_t N = ptr.numel() - 1, F = p.size(1), E = src.numel();
+  const int64_t* erow = edge_row ? edge_row->data_ptr<int64_t>() : nullptr;
+  auto out = empty_output({E, F}, p.options());  // every edge lies in one target's segment
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "edge_message", [&] {
+    at::parallel_for(0, N, grain_for(N, E, F), [&](int64_t begin, int64_t end) {
+      call_for<scalar_t>(edge_rows_f, edge_rows<double>, out.data_ptr<scalar_t>(), p.data_ptr<scalar_t>(),
+                         q.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(),
+                         ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(), erow, begin, end, F);
+    });
+  });
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> mask) {
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> mask, bool grad_per_edge) {
   const int64_t N = ptr.numel() - 1, F = p.size(1), E = src.numel(), M = q.size(0);
   const bool need_p = mask[0], need_q = mask[1], need_r = mask[2], need_s = mask[3];
   const bool shared = edge_row.has_value();
@@ -243,7 +295,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
   auto none = at::empty({0}, p.options());
   if (!(need_p || need_q || need_r || need_s)) return {none, none, none, none};
   at::Tensor grad_p = need_p ? empty_output_like(p) : none;
-  if (shared && (need_q || need_r || need_s) && M == N &&
+  // The paired path reads each pair's two gradients as go[i], go[j]: per target only.
+  if (shared && !grad_per_edge && (need_q || need_r || need_s) && M == N &&
       rows_pair_reverse_edges(ptr, src, *edge_row, r.size(0))) {
     at::Tensor grad_q = need_q ? empty_output_like(q) : none;
     at::Tensor grad_r = need_r ? empty_output_like(r) : none;
@@ -275,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_ba
       call_for<scalar_t>(backward_rows_f, backward_rows<double>, grad_out.data_ptr<scalar_t>(),
                          p.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
                          s.data_ptr<scalar_t>(), ptr.data_ptr<int64_t>(), src.data_ptr<int64_t>(),
-                         erow, gh, gs, gp, begin, end, F);
+                         erow, gh, gs, gp, begin, end, F, grad_per_edge);
     });
     if (need_q) sum_by_index(grad_q.data_ptr<scalar_t>(), gh, src, M, F);
     if (shared && need_r) sum_by_index(grad_r.data_ptr<scalar_t>(), gh, *edge_row, r.size(0), F);

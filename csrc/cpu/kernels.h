@@ -41,10 +41,15 @@ std::tuple<at::Tensor, at::Tensor> segment_gather_mul_backward_kernel(
 at::Tensor fused_edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
                                      const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
                                      const std::optional<at::Tensor>& edge_row);
+// out[e] = silu(p[i] + q[src[e]] + r[k]) * s[k] for e in [ptr[i], ptr[i+1]): the terms, not summed.
+at::Tensor edge_message_kernel(const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
+                               const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
+                               const std::optional<at::Tensor>& edge_row);
+// The backward of both: grad_out per target, or per edge (grad_per_edge, edge_message).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_edge_message_backward_kernel(
     const at::Tensor& grad_out, const at::Tensor& p, const at::Tensor& q, const at::Tensor& r,
     const at::Tensor& s, const at::Tensor& ptr, const at::Tensor& src,
-    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> mask);
+    const std::optional<at::Tensor>& edge_row, std::array<bool, 4> mask, bool grad_per_edge);
 
 at::Tensor bessel_basis_kernel(const at::Tensor& dist, const at::Tensor& freq, double cutoff,
                                int64_t envelope_exponent);

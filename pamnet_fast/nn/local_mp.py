@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -23,15 +22,18 @@ def edge_rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
     return t if edge_row is None else t.index_select(0, edge_row)
 
 
-def _edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, src: Tensor, dst: Tensor, dim: int,
-              edge_row: Optional[Tensor] = None) -> Tensor:
-    r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b)`` ``[E, F]``, from node projections (no ``[E, 3F]``
-    concat); ``edge_attr`` has one row per edge, or per ``edge_row`` entry."""
+def _gated_edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, src: Tensor, ptr: Tensor,
+                    dim: int, edge_row: Optional[Tensor] = None,
+                    transposes: Optional[PlexTransposes] = None) -> Tensor:
+    r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b) * gate_ij`` ``[E, F]``, from node projections (no
+    ``[E, 3F]`` concat) by :func:`pamnet_fast.ops.edge_message` (one kernel, no gathered copies);
+    ``edge_attr`` and ``gate`` have one row per edge, or per ``edge_row`` entry."""
     w_i, w_j, w_e = split_message_weight(lin, dim)
     p = ops.linear(h, w_i, lin.bias)
     q = ops.linear(h, w_j)
-    e = edge_rows(ops.linear(edge_attr, w_e), edge_row)
-    return F.silu(p.index_select(0, dst) + q.index_select(0, src) + e)
+    t_src, t_row = (None, None) if transposes is None else transposes[:2]
+    return ops.edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row, check_values=False,
+                            src_transpose=t_src, row_transpose=None if edge_row is None else t_row)
 
 
 def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
@@ -61,13 +63,14 @@ def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr:
     In training the neighbour messages are recomputed in backward; ``one_block``: together with
     ``angle_sum`` (which then must not checkpoint itself), as one block, so neither the ``[E, F]``
     messages nor the ``[T, F]`` angle terms are kept, and one block costs less host time than two."""
-    src, dst = edge_index[0], edge_index[1]
+    src = edge_index[0]
     h = layer.mlp_x1(x)
     if one_block:
-        m_other = maybe_checkpoint(
-            layer, lambda h, rbf: angle_sum(layer._neighbour_message(h, rbf, src, dst, edge_row)), h, rbf)
+        def block(h, rbf):
+            return angle_sum(layer._neighbour_message(h, rbf, src, ptr, edge_row, transposes))
+        m_other = maybe_checkpoint(layer, block, h, rbf)
     else:
-        m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, dst, edge_row)
+        m_nb = maybe_checkpoint(layer, layer._neighbour_message, h, rbf, src, ptr, edge_row, transposes)
         m_other = angle_sum(m_nb)
     gate = layer.lin_rbf_out(rbf)
     h = h + _node_sum(layer.mlp_m_ji.linear(0), h, rbf, gate, m_other, src, ptr, edge_ids, edge_row,
@@ -89,8 +92,9 @@ class LocalMessagePassing(PlexLayer):
     :math:`e` is the shared projection of the local radial basis, :math:`a^{(2)}, a^{(1)}` the shared
     projections of the two-hop and one-hop spherical bases (their distance is that of the sending
     edge). ``reference_compat`` graphs also pair each edge with itself in the one-hop sum. The two
-    triplet sums are :func:`pamnet_fast.ops.segment_gather_mul` over the triplet CSR, the edge ->
-    node sum is :func:`~pamnet_fast.ops.fused_edge_message` (the :math:`\phi_{ji}` part) plus a
+    triplet sums are :func:`pamnet_fast.ops.segment_gather_mul` over the triplet CSR of the neighbour
+    messages :math:`\phi_{kj}(u) \odot W_{rbf} e` (one :func:`~pamnet_fast.ops.edge_message`), the
+    edge -> node sum is :func:`~pamnet_fast.ops.fused_edge_message` (the :math:`\phi_{ji}` part) plus a
     ``segment_gather_mul`` (the angle part).
 
     Shapes: ``x [N, F]``, ``rbf [E, F]``, ``sbf2 [T2, F]``, ``sbf1 [T1, F]``, ``edge_index [2, E]``
@@ -109,10 +113,11 @@ class LocalMessagePassing(PlexLayer):
         self.lin_rbf_out = Linear(dim, dim, bias=False)
         self.reset_parameters()
 
-    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
-                           edge_row: Optional[Tensor] = None) -> Tensor:
-        return (_edge_mlp(self.mlp_m_kj.linear(0), h, rbf, src, dst, self.dim, edge_row)
-                * edge_rows(self.lin_rbf(rbf), edge_row))
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, ptr: Tensor,
+                           edge_row: Optional[Tensor] = None,
+                           transposes: Optional[PlexTransposes] = None) -> Tensor:
+        return _gated_edge_mlp(self.mlp_m_kj.linear(0), h, rbf, self.lin_rbf(rbf), src, ptr, self.dim,
+                               edge_row, transposes)
 
     def forward(self, x: Tensor, rbf: Tensor, sbf2: Tensor, sbf1: Tensor, edge_index: Tensor,
                 ptr: Tensor, trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None,
@@ -169,10 +174,11 @@ class LocalMessagePassingS(PlexLayer):
         self.lin_rbf_out = Linear(dim, dim, bias=False)
         self.reset_parameters()
 
-    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, dst: Tensor,
-                           edge_row: Optional[Tensor] = None) -> Tensor:
-        return (_edge_mlp(self.mlp_m_jj.linear(0), h, rbf, src, dst, self.dim, edge_row)
-                * edge_rows(self.lin_rbf(rbf), edge_row))
+    def _neighbour_message(self, h: Tensor, rbf: Tensor, src: Tensor, ptr: Tensor,
+                           edge_row: Optional[Tensor] = None,
+                           transposes: Optional[PlexTransposes] = None) -> Tensor:
+        return _gated_edge_mlp(self.mlp_m_jj.linear(0), h, rbf, self.lin_rbf(rbf), src, ptr, self.dim,
+                               edge_row, transposes)
 
     def forward(self, x: Tensor, rbf: Tensor, sbf: Tensor, edge_index: Tensor, ptr: Tensor,
                 trip: Triplets, edge_ids: Tensor, edge_row: Optional[Tensor] = None,

@@ -46,6 +46,13 @@ SCHEMAS: Dict[str, str] = {
                                    "Tensor r, Tensor s, Tensor ptr, Tensor src, Tensor? edge_row, "
                                    "bool[4] output_mask, Tensor? src_transpose=None, "
                                    "Tensor? row_transpose=None) -> (Tensor, Tensor, Tensor, Tensor)",
+    "edge_message": "edge_message(Tensor p, Tensor q, Tensor r, Tensor s, Tensor ptr, Tensor src, "
+                    "Tensor? edge_row=None, bool check_values=True, Tensor? src_transpose=None, "
+                    "Tensor? row_transpose=None) -> Tensor",
+    "edge_message_backward": "edge_message_backward(Tensor grad_out, Tensor p, Tensor q, Tensor r, "
+                             "Tensor s, Tensor ptr, Tensor src, Tensor? edge_row, bool[4] output_mask, "
+                             "Tensor? src_transpose=None, Tensor? row_transpose=None) "
+                             "-> (Tensor, Tensor, Tensor, Tensor)",
     "bessel_basis": "bessel_basis(Tensor dist, Tensor freq, float cutoff, int envelope_exponent, "
                     "bool check_values=True) -> Tensor",
     "bessel_basis_backward": "bessel_basis_backward(Tensor grad_out, Tensor dist, Tensor freq, "
@@ -59,7 +66,7 @@ SCHEMAS: Dict[str, str] = {
 }
 
 FORWARD_OPS = ("radius_graph", "knn_graph", "triplets", "segment_gather_mul", "fused_edge_message",
-               "bessel_basis", "spherical_basis")
+               "edge_message", "bessel_basis", "spherical_basis")
 
 _EXTENSION_ERROR: Optional[str] = None
 _TRITON_ERROR: Optional[str] = None
@@ -139,6 +146,21 @@ def _ref_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, o
     return tuple(grads)
 
 
+def _ref_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True, src_transpose=None,
+                      row_transpose=None):
+    validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, values=check_values,
+                                src_transpose=src_transpose, row_transpose=row_transpose, op="edge_message")
+    return reference.edge_message(p, q, r, s, ptr.long(), src.long(), edge_row)
+
+
+def _ref_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask, src_transpose=None,
+                               row_transpose=None):
+    grads = _grad_of(lambda p_, q_, r_, s_: reference.edge_message(p_, q_, r_, s_, ptr.long(), src.long(),
+                                                                   edge_row),
+                     (p, q, r, s), grad_out, tuple(output_mask))
+    return tuple(grads)
+
+
 def _ref_bessel_basis(dist, freq, cutoff, envelope_exponent, check_values=True):
     validate.bessel_basis(dist, freq, cutoff, envelope_exponent, values=check_values)
     return reference.bessel_basis(dist, freq, cutoff, envelope_exponent)
@@ -168,6 +190,8 @@ REFERENCE_IMPLS = {
     "segment_gather_mul_backward": _ref_segment_gather_mul_backward,
     "fused_edge_message": _ref_fused_edge_message,
     "fused_edge_message_backward": _ref_fused_edge_message_backward,
+    "edge_message": _ref_edge_message,
+    "edge_message_backward": _ref_edge_message_backward,
     "bessel_basis": _ref_bessel_basis,
     "bessel_basis_backward": _ref_bessel_basis_backward,
     "spherical_basis": _ref_spherical_basis,
@@ -214,6 +238,11 @@ def _fake_fused_edge_message_backward(grad_out, p, q, r, s, ptr, src, edge_row, 
     return tuple(torch.empty_like(t) if m else t.new_empty(0) for t, m in zip((p, q, r, s), output_mask))
 
 
+def _fake_edge_message(p, q, r, s, ptr, src, edge_row=None, check_values=True, src_transpose=None,
+                       row_transpose=None):
+    return p.new_empty((src.size(0), p.size(1)))
+
+
 def _fake_bessel_basis(dist, freq, cutoff, envelope_exponent, check_values=True):
     return dist.new_empty((dist.size(0), freq.size(0)))
 
@@ -241,6 +270,8 @@ FAKE_IMPLS = {
     "segment_gather_mul_backward": _fake_segment_gather_mul_backward,
     "fused_edge_message": _fake_fused_edge_message,
     "fused_edge_message_backward": _fake_fused_edge_message_backward,
+    "edge_message": _fake_edge_message,
+    "edge_message_backward": _fake_fused_edge_message_backward,
     "bessel_basis": _fake_bessel_basis,
     "bessel_basis_backward": _fake_bessel_basis_backward,
     "spherical_basis": _fake_spherical_basis,
@@ -279,6 +310,14 @@ def _fused_edge_message_bwd(ctx, grad):
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
 
 
+def _edge_message_bwd(ctx, grad):
+    p, q, r, s, ptr, src, edge_row, src_t, row_t = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad[:4])
+    grads = _ops().edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask,
+                                         src_t, row_t)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
+
+
 def _bessel_basis_setup(ctx, inputs, output):
     dist, freq, cutoff, envelope_exponent = inputs[:4]
     ctx.save_for_backward(dist, freq)
@@ -310,6 +349,7 @@ def _spherical_basis_bwd(ctx, grad):
 AUTOGRAD = {
     "segment_gather_mul": (_segment_gather_mul_bwd, _segment_gather_mul_setup),
     "fused_edge_message": (_fused_edge_message_bwd, _fused_edge_message_setup),
+    "edge_message": (_edge_message_bwd, _fused_edge_message_setup),  # the same inputs
     "bessel_basis": (_bessel_basis_bwd, _bessel_basis_setup),
     "spherical_basis": (_spherical_basis_bwd, _spherical_basis_setup),
 }
@@ -355,7 +395,8 @@ def _register() -> Dict[str, Dict[str, str]]:
 
 
 # The ops that do floating-point arithmetic; under torch.autocast they run in float32.
-AUTOCAST_FP32_OPS = ("segment_gather_mul", "fused_edge_message", "bessel_basis", "spherical_basis")
+AUTOCAST_FP32_OPS = ("segment_gather_mul", "fused_edge_message", "edge_message", "bessel_basis",
+                     "spherical_basis")
 
 
 def register_autocast_fp32() -> None:

@@ -89,3 +89,30 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
                   _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)
+
+
+def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                 edge_row: Optional[Tensor] = None, *, check_values: bool = True,
+                 src_transpose: Optional[Tensor] = None, row_transpose: Optional[Tensor] = None,
+                 _kernel=None) -> Tensor:
+    r"""Gated edge messages, one row per edge (the terms of :func:`fused_edge_message`, not summed):
+
+    .. math:: \mathrm{out}_e = \mathrm{SiLU}(p_i + q_{\mathrm{src}_e} + r_{k_e}) \odot s_{k_e}, \qquad
+              e \in [\mathrm{ptr}_i, \mathrm{ptr}_{i+1}), \ k_e = \mathrm{edge\_row}_e \ (\text{default } e)
+
+    For messages that are used per edge before any sum: PAMNet's local layer gathers them again per
+    triplet. One kernel instead of the gathers ``p[dst]``, ``q[src]``, ``r[edge_row]``,
+    ``s[edge_row]``, two adds, the SiLU and the product; the backward recomputes the activation and
+    sums the gathered inputs' gradients in a fixed order (CSR and transposed CSR, no
+    ``index_add_``), so it is deterministic on the GPU too.
+
+    Args and dtypes as :func:`fused_edge_message` (the target of edge ``e`` is the segment of ``ptr``
+    that holds it). Returns ``[E, F]``.
+    """
+    op = "edge_message"
+    for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
+        checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
+    kernel = _kernel or _ops().edge_message
+    row = None if edge_row is None else _index(op, "edge_row", edge_row)
+    return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
+                  _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)

@@ -149,7 +149,7 @@ def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool = Fals
 
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor:
     """``out[r] = sum_{s in [ptr[r], ptr[r+1])} a[src[s]] * b[s]``; a: [M, F], b: [S, F], out: [R, F]."""
-    rows = torch.arange(ptr.numel() - 1).repeat_interleave(ptr[1:] - ptr[:-1])
+    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
     out = a.new_zeros(ptr.numel() - 1, a.size(1))
     return out.index_add_(0, rows, a.index_select(0, src.long()) * b)
 
@@ -163,10 +163,21 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     """
     if edge_row is not None:
         r, s = r.index_select(0, edge_row.long()), s.index_select(0, edge_row.long())
-    rows = torch.arange(ptr.numel() - 1).repeat_interleave(ptr[1:] - ptr[:-1])
+    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
     h = p.index_select(0, rows) + q.index_select(0, src.long()) + r
     out = p.new_zeros(ptr.numel() - 1, p.size(1))
     return out.index_add_(0, rows, torch.nn.functional.silu(h) * s)
+
+
+def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                 edge_row: Optional[Tensor] = None) -> Tensor:
+    """``out[e] = silu(p[i] + q[src[e]] + r[k]) * s[k]`` for each edge ``e in [ptr[i], ptr[i+1])``,
+    ``k = edge_row[e]`` (default ``e``): the terms of :func:`fused_edge_message`, not summed. ``[E, F]``."""
+    if edge_row is not None:
+        r, s = r.index_select(0, edge_row.long()), s.index_select(0, edge_row.long())
+    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
+    h = p.index_select(0, rows) + q.index_select(0, src.long()) + r
+    return torch.nn.functional.silu(h) * s
 
 
 def envelope(x: Tensor, p: int) -> Tensor:

@@ -88,9 +88,8 @@ def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor, *, half_o
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
                        edge_row: Optional[Tensor] = None, *, half_ok: bool = False,
                        values: bool = True, src_transpose: Optional[Tensor] = None,
-                       row_transpose: Optional[Tensor] = None) -> None:
-    """``values=False``: as :func:`segment_gather_mul`."""
-    op = "fused_edge_message"
+                       row_transpose: Optional[Tensor] = None, op: str = "fused_edge_message") -> None:
+    """``values=False``: as :func:`segment_gather_mul`. ``op``: ``edge_message`` has the same inputs."""
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
         checks.floating(op, name, t, dim=2, half_ok=half_ok)
     checks.same_dtype(op, p=p, q=q, r=r, s=s)

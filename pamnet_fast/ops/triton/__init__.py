@@ -5,7 +5,7 @@ to a callable with the schema's positional arguments, returning what the referen
 (``library.REFERENCE_IMPLS[name]``) returns; ``library`` registers them as the ``cuda`` kernels.
 
 The functions named like the public ops (:func:`radius_graph`, :func:`knn_graph`, :func:`triplets`,
-:func:`segment_gather_mul`, :func:`fused_edge_message`, :func:`bessel_basis`,
+:func:`segment_gather_mul`, :func:`fused_edge_message`, :func:`edge_message`, :func:`bessel_basis`,
 :func:`spherical_basis`) take the public signatures of :mod:`pamnet_fast.ops` and launch the kernels
 directly, bypassing the dispatcher, so that with ``TRITON_INTERPRET=1`` (set before Triton is
 imported) they run on CPU tensors through Triton's interpreter. They are forward-only (no autograd);
@@ -18,10 +18,10 @@ module itself as ``importlib.import_module("pamnet_fast.ops.triton.triplets")`` 
 
 Importing needs only ``triton``; launching needs a GPU or the interpreter. Modules: ``neighbors``
 (radius/kNN: cell list + COUNT/FILL), ``triplets``, ``segment`` (segment_gather_mul), ``message``
-(fused_edge_message), ``basis`` (Bessel and spherical bases), ``dense`` (GEMM with a bias, SiLU and
-residual epilogue). Gradients w.r.t. gathered inputs use a transposed CSR, so every kernel is
-deterministic: no float atomics (the neighbor search's and the checks' integer atomics give the same
-result in any order).
+(fused_edge_message, edge_message), ``basis`` (Bessel and spherical bases), ``dense`` (GEMM with a
+bias, SiLU and residual epilogue). Gradients w.r.t. gathered inputs use a transposed CSR, so every
+kernel is deterministic: no float atomics (the neighbor search's and the checks' integer atomics give
+the same result in any order).
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ KERNELS = {
     "segment_gather_mul_backward": _segment.segment_gather_mul_backward,
     "fused_edge_message": _message.fused_edge_message,
     "fused_edge_message_backward": _message.fused_edge_message_backward,
+    "edge_message": _message.edge_message,
+    "edge_message_backward": _message.edge_message_backward,
     "bessel_basis": _basis.bessel_basis,
     "bessel_basis_backward": _basis.bessel_basis_backward,
     "spherical_basis": _basis.spherical_basis,
@@ -60,8 +62,8 @@ KERNELS = {
 
 linear_act = _dense.linear_act
 
-__all__ = ["KERNELS", "INTERPRET", "linear_act", "radius_graph", "knn_graph", "triplets", "segment_gather_mul",
-           "fused_edge_message", "bessel_basis", "spherical_basis"]
+__all__ = ["KERNELS", "INTERPRET", "linear_act", "radius_graph", "knn_graph", "triplets",
+           "segment_gather_mul", "fused_edge_message", "edge_message", "bessel_basis", "spherical_basis"]
 
 
 # --- Public-signature launchers: the public wrappers of pamnet_fast.ops with these kernels ---
@@ -79,7 +81,7 @@ def _bind_public_launchers():
     # Deferred: the public modules import the op library, which imports this package.
     from ..basis import bessel_basis, spherical_basis
     from ..graph import knn_graph, radius_graph
-    from ..message import fused_edge_message, segment_gather_mul
+    from ..message import edge_message, fused_edge_message, segment_gather_mul
     from ..triplets import triplets
     return {
         "radius_graph": _launcher(radius_graph, _neighbors.radius_graph),
@@ -87,6 +89,7 @@ def _bind_public_launchers():
         "triplets": _launcher(triplets, _triplets.triplets),
         "segment_gather_mul": _launcher(segment_gather_mul, _segment.segment_gather_mul),
         "fused_edge_message": _launcher(fused_edge_message, _message.fused_edge_message),
+        "edge_message": _launcher(edge_message, _message.edge_message),
         "bessel_basis": _launcher(bessel_basis, _basis.bessel_basis),
         "spherical_basis": _launcher(spherical_basis, _basis.spherical_basis),
     }

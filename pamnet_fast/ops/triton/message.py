@@ -23,6 +23,9 @@ run.
 Bytes per forward + backward without ``edge_row`` (``E`` edges, ``F`` features, node terms aside):
 ``r`` and ``s`` read twice, ``grad_r`` and ``grad_s`` written once and ``grad_r`` read once: 7 ``E x F``
 against the byte floor's 6 (each input read once, each output written once).
+
+``edge_message`` (the same terms, stored per edge, ``[E, F]``) runs the same kernels: the forward
+stores each term instead of summing, and the backward reads ``g[e]`` where it read ``g[i]``.
 """
 from __future__ import annotations
 
@@ -41,8 +44,9 @@ from .segment import gather_mul_sum
 
 @triton.jit
 def _fwd_kernel(p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, erow_ptr, out_ptr, num_features,
-                size_class, HAS_ROW: tl.constexpr,
+                size_class, HAS_ROW: tl.constexpr, PER_EDGE: tl.constexpr,
                 ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr):
+    """PER_EDGE: each edge's term is stored (``edge_message``), else their sum per target."""
     row = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < num_features
@@ -65,24 +69,34 @@ def _fwd_kernel(p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, erow_ptr, out_ptr,
         s = tl.load(s_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
         h = p[None, :] + q + r
         silu = h / (1.0 + tl.exp(-h))
-        acc += tl.sum(silu * s, axis=0)
-    tl.store(out_ptr + row * num_features + f, acc.to(out_ptr.dtype.element_ty), mask=fmask)
+        if PER_EDGE:
+            tl.store(out_ptr + e[:, None] * num_features + f[None, :],
+                     (silu * s).to(out_ptr.dtype.element_ty), mask=m2)
+        else:
+            acc += tl.sum(silu * s, axis=0)
+    if not PER_EDGE:
+        tl.store(out_ptr + row * num_features + f, acc.to(out_ptr.dtype.element_ty), mask=fmask)
 
 
 @triton.jit
 def _bwd_segment_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, erow_ptr,
                         gp_ptr, gr_ptr, gs_ptr, num_features, size_class, HAS_ROW: tl.constexpr,
+                        G_PER_EDGE: tl.constexpr,
                         NEED_P: tl.constexpr, NEED_R: tl.constexpr, NEED_S: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr):
     """Per target ``i``: ``grad_p[i]``, and per edge ``grad_r[e]``, ``grad_s[e]`` (only without
-    ``edge_row``: NEED_R / NEED_S are then false)."""
+    ``edge_row``: NEED_R / NEED_S are then false). G_PER_EDGE: ``g`` has a row per edge
+    (``edge_message``), else per target."""
     row = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f < num_features
     start = tl.load(ptr_ptr + row)
     end = tl.load(ptr_ptr + row + 1)
     p = tl.load(p_ptr + row * num_features + f, mask=fmask, other=0.0).to(ACC)
-    g = tl.load(g_ptr + row * num_features + f, mask=fmask, other=0.0).to(ACC)
+    if G_PER_EDGE:
+        g_row = tl.zeros([BLOCK_F], dtype=ACC)  # unused: g is read per edge
+    else:
+        g_row = tl.load(g_ptr + row * num_features + f, mask=fmask, other=0.0).to(ACC)
     acc = tl.zeros([BLOCK_F], dtype=ACC)
     for e0 in range(start, end, BLOCK_S):
         e = e0 + tl.arange(0, BLOCK_S)
@@ -98,12 +112,17 @@ def _bwd_segment_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, ero
         r = tl.load(r_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
         h = p[None, :] + q + r
         sig = 1.0 / (1.0 + tl.exp(-h))
+        if G_PER_EDGE:
+            g = tl.load(g_ptr + e[:, None] * num_features + f[None, :], mask=m2, other=0.0,
+                        eviction_policy="evict_first").to(ACC)
+        else:
+            g = g_row[None, :]
         if NEED_S:
-            tl.store(gs_ptr + koffs, (g[None, :] * (h * sig)).to(gs_ptr.dtype.element_ty), mask=m2,
+            tl.store(gs_ptr + koffs, (g * (h * sig)).to(gs_ptr.dtype.element_ty), mask=m2,
                      eviction_policy="evict_first")
         if NEED_P or NEED_R:
             s = tl.load(s_ptr + koffs, mask=m2, other=0.0, eviction_policy="evict_first").to(ACC)
-            gh = (g[None, :] * s) * (sig * (1.0 + h * (1.0 - sig)))
+            gh = (g * s) * (sig * (1.0 + h * (1.0 - sig)))
             if NEED_R:
                 tl.store(gr_ptr + koffs, gh.to(gr_ptr.dtype.element_ty), mask=m2,
                          eviction_policy="evict_first")
@@ -116,7 +135,7 @@ def _bwd_segment_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, ptr_ptr, src_ptr, ero
 @triton.jit
 def _bwd_transposed_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr, tptr_ptr, src_ptr,
                            erow_ptr, ga_ptr, gb_ptr, num_features, size_class,
-                           BY_ROW: tl.constexpr, HAS_ROW: tl.constexpr,
+                           BY_ROW: tl.constexpr, HAS_ROW: tl.constexpr, G_PER_EDGE: tl.constexpr,
                            NEED_A: tl.constexpr, NEED_B: tl.constexpr,
                            ACC: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr):
     """Sums over the edges ``e = perm[t]``, ``t in [tptr[m], tptr[m+1])``, of one row ``m`` of a
@@ -126,6 +145,8 @@ def _bwd_transposed_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr
       (``grad_q``); rows of ``r``/``s`` through ``edge_row`` if HAS_ROW.
     * BY_ROW (``m`` a shared row of ``r``/``s``, transposed CSR of ``edge_row``):
       ``ga[m] = sum g[i] s[m] silu'(h)`` (``grad_r``) and ``gb[m] = sum g[i] silu(h)`` (``grad_s``).
+
+    G_PER_EDGE: ``g[e]`` (a row per edge, ``edge_message``) in place of ``g[i]``.
     """
     m = tl.program_id(0).to(tl.int64)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
@@ -148,7 +169,10 @@ def _bwd_transposed_kernel(g_ptr, p_ptr, q_ptr, r_ptr, s_ptr, perm_ptr, rows_ptr
         m2 = tmask[:, None] & fmask[None, :]
         toffs = i[:, None] * num_features + f[None, :]
         p = tl.load(p_ptr + toffs, mask=m2, other=0.0).to(ACC)
-        g = tl.load(g_ptr + toffs, mask=m2, other=0.0).to(ACC)
+        if G_PER_EDGE:
+            g = tl.load(g_ptr + e[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
+        else:
+            g = tl.load(g_ptr + toffs, mask=m2, other=0.0).to(ACC)
         if BY_ROW:
             j = tl.load(src_ptr + e, mask=tmask, other=0)
             q = tl.load(q_ptr + j[:, None] * num_features + f[None, :], mask=m2, other=0.0).to(ACC)
@@ -186,8 +210,23 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     """Schema kernel of ``pamnet_fast::fused_edge_message``: ``[N, F]``. One kernel; with
     ``check_values`` one more and one host read (the check of ``ptr``, ``src``, ``edge_row``).
     The transposes are for the backward."""
+    return _forward(p, q, r, s, ptr, src, edge_row, check_values, src_transpose, row_transpose,
+                    per_edge=False)
+
+
+def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
+                 edge_row: Optional[Tensor] = None, check_values: bool = True,
+                 src_transpose: Optional[Tensor] = None, row_transpose: Optional[Tensor] = None) -> Tensor:
+    """Schema kernel of ``pamnet_fast::edge_message``: ``[E, F]``, the same kernel storing each edge's
+    term (launches and reads as :func:`fused_edge_message`)."""
+    return _forward(p, q, r, s, ptr, src, edge_row, check_values, src_transpose, row_transpose,
+                    per_edge=True)
+
+
+def _forward(p, q, r, s, ptr, src, edge_row, check_values, src_transpose, row_transpose, per_edge):
+    op = "edge_message" if per_edge else "fused_edge_message"
     validate.fused_edge_message(p, q, r, s, ptr, src, edge_row, half_ok=True, values=False,
-                                src_transpose=src_transpose, row_transpose=row_transpose)
+                                src_transpose=src_transpose, row_transpose=row_transpose, op=op)
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
     ptr, src = as_index(ptr), as_index(src)
     ranges = [("src", src, q.size(0))]
@@ -195,14 +234,16 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
         edge_row = as_index(edge_row)
         ranges.append(("edge_row", edge_row, r.size(0)))
     if check_values:
-        check_csr("fused_edge_message", "ptr", ptr, src.numel(), *ranges)
+        check_csr(op, "ptr", ptr, src.numel(), *ranges)
     num_rows, num_features = ptr.numel() - 1, p.size(1)
-    out = p.new_empty(num_rows, num_features)  # every row is written (no edges: zeros)
-    if num_rows and num_features:
+    # Every row is written: per target (no edges: zeros), or per edge (each edge is in one segment).
+    out = p.new_empty(src.numel() if per_edge else num_rows, num_features)
+    if num_rows and num_features and out.numel():
         erow = src if edge_row is None else edge_row
         _fwd[segment_grid(num_rows, num_features)](
             p, q, r, s, ptr, src, erow, out, num_features, size_class(src.numel(), num_rows),
-            HAS_ROW=edge_row is not None, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
+            HAS_ROW=edge_row is not None, PER_EDGE=per_edge, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK,
+            **TUNED_LAUNCH)
     return out
 
 
@@ -214,6 +255,21 @@ def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tenso
     grad_s)``, each an empty tensor where ``output_mask`` is false. ``grad_q`` (and the shared rows'
     ``grad_r``/``grad_s``) go through the transposed CSR of ``src`` (``edge_row``): the one given
     (:func:`pamnet_fast.ops.transposed_csr`), else one built here (a sort)."""
+    return _backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask, src_transpose,
+                     row_transpose, grad_per_edge=False)
+
+
+def edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor,
+                          src: Tensor, edge_row: Optional[Tensor], output_mask,
+                          src_transpose: Optional[Tensor] = None, row_transpose: Optional[Tensor] = None):
+    """Schema kernel of ``pamnet_fast::edge_message_backward``: as :func:`fused_edge_message_backward`
+    with ``grad_out`` ``[E, F]`` (the same kernels, reading the gradient per edge)."""
+    return _backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask, src_transpose,
+                     row_transpose, grad_per_edge=True)
+
+
+def _backward(grad_out, p, q, r, s, ptr, src, edge_row, output_mask, src_transpose, row_transpose,
+              grad_per_edge):
     need_p, need_q, need_r, need_s = (bool(m) for m in output_mask)
     g = grad_out.contiguous()
     p, q, r, s = p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous()
@@ -234,8 +290,9 @@ def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tenso
         # Unused outputs get a valid pointer (their stores are compiled out).
         _bwd_segment[segment_grid(num_rows, num_features)](
             g, p, q, r, s, ptr, src, erow, gp if need_p else g, gr if per_edge_r else g,
-            gs if per_edge_s else g, num_features, key, HAS_ROW=has_row, NEED_P=need_p,
-            NEED_R=per_edge_r, NEED_S=per_edge_s, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
+            gs if per_edge_s else g, num_features, key, HAS_ROW=has_row, G_PER_EDGE=grad_per_edge,
+            NEED_P=need_p, NEED_R=per_edge_r, NEED_S=per_edge_s, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK,
+            **TUNED_LAUNCH)
     if need_q and q.size(0):
         if src_transpose is None:
             src_transpose = transpose.transposed_csr(src, q.size(0), ptr)
@@ -245,8 +302,9 @@ def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tenso
         else:
             _bwd_transposed[segment_grid(q.size(0), num_features)](
                 g, p, q, r, s, perm, rows, tptr, src, erow, gq, gq, num_features,
-                size_class(num_edges, q.size(0)), BY_ROW=False, HAS_ROW=has_row, NEED_A=True,
-                NEED_B=False, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
+                size_class(num_edges, q.size(0)), BY_ROW=False, HAS_ROW=has_row,
+                G_PER_EDGE=grad_per_edge, NEED_A=True, NEED_B=False, ACC=accumulator(p),
+                BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
     if has_row and (need_r or need_s) and r.size(0):
         if row_transpose is None:
             row_transpose = transpose.transposed_csr(erow, r.size(0), ptr)
@@ -254,7 +312,8 @@ def fused_edge_message_backward(grad_out: Tensor, p: Tensor, q: Tensor, r: Tenso
         _bwd_transposed[segment_grid(r.size(0), num_features)](
             g, p, q, r, s, perm, rows, tptr, src, erow, gr if need_r else g, gs if need_s else g,
             num_features, size_class(num_edges, r.size(0)), BY_ROW=True, HAS_ROW=True,
-            NEED_A=need_r, NEED_B=need_s, ACC=accumulator(p), BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
+            G_PER_EDGE=grad_per_edge, NEED_A=need_r, NEED_B=need_s, ACC=accumulator(p),
+            BLOCK_S=SEGMENT_BLOCK, **TUNED_LAUNCH)
     if need_p and not num_rows:
         gp.zero_()
     return gp, gq, gr, gs
