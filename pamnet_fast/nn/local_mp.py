@@ -22,18 +22,25 @@ def edge_rows(t: Tensor, edge_row: Optional[Tensor]) -> Tensor:
     return t if edge_row is None else t.index_select(0, edge_row)
 
 
+def _message_terms(lin: nn.Linear, h: Tensor, edge_attr: Tensor, dim: int, edge_row: Optional[Tensor],
+                   transposes: Optional[PlexTransposes]):
+    r"""The inputs of :math:`\mathrm{SiLU}(W [h_i \| h_j \| e_{ji}] + b)` for the message ops, without
+    the ``[E, 3F]`` concat: node projections ``p = W_i h + b``, ``q = W_j h`` ``[N, F]``, the edge
+    term ``r = W_e e`` (rows of ``edge_attr``), and the backward's transposes as keyword arguments."""
+    w_i, w_j, w_e = split_message_weight(lin, dim)
+    t_src, t_row = (None, None) if transposes is None else transposes[:2]
+    return (ops.linear(h, w_i, lin.bias), ops.linear(h, w_j), ops.linear(edge_attr, w_e),
+            dict(check_values=False, src_transpose=t_src, row_transpose=None if edge_row is None else t_row))
+
+
 def _gated_edge_mlp(lin: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, src: Tensor, ptr: Tensor,
                     dim: int, edge_row: Optional[Tensor] = None,
                     transposes: Optional[PlexTransposes] = None) -> Tensor:
-    r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b) * gate_ij`` ``[E, F]``, from node projections (no
-    ``[E, 3F]`` concat) by :func:`pamnet_fast.ops.edge_message` (one kernel, no gathered copies);
-    ``edge_attr`` and ``gate`` have one row per edge, or per ``edge_row`` entry."""
-    w_i, w_j, w_e = split_message_weight(lin, dim)
-    p = ops.linear(h, w_i, lin.bias)
-    q = ops.linear(h, w_j)
-    t_src, t_row = (None, None) if transposes is None else transposes[:2]
-    return ops.edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row, check_values=False,
-                            src_transpose=t_src, row_transpose=None if edge_row is None else t_row)
+    r"""Per-edge ``SiLU(W [h_i || h_j || e_ij] + b) * gate_ij`` ``[E, F]`` by
+    :func:`pamnet_fast.ops.edge_message` (one kernel, no gathered copies); ``edge_attr`` and ``gate``
+    have one row per edge, or per ``edge_row`` entry."""
+    p, q, r, kw = _message_terms(lin, h, edge_attr, dim, edge_row, transposes)
+    return ops.edge_message(p, q, r, gate, ptr, src, edge_row, **kw)
 
 
 def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_other: Tensor,
@@ -43,15 +50,10 @@ def _node_sum(lin_ji: nn.Linear, h: Tensor, edge_attr: Tensor, gate: Tensor, m_o
     ``edge_attr`` and ``gate`` have one row per edge (``edge_ids = arange(E)``) or per ``edge_row``
     entry."""
     rows = edge_ids if edge_row is None else edge_row
-    w_i, w_j, w_e = split_message_weight(lin_ji, dim)
-    p = ops.linear(h, w_i, lin_ji.bias)
-    q = ops.linear(h, w_j)
-    t_src, t_row = (None, None) if transposes is None else transposes[:2]
-    out = ops.fused_edge_message(p, q, ops.linear(edge_attr, w_e), gate, ptr, src, edge_row,
-                                 check_values=False, src_transpose=t_src,
-                                 row_transpose=None if edge_row is None else t_row)
+    p, q, r, kw = _message_terms(lin_ji, h, edge_attr, dim, edge_row, transposes)
+    out = ops.fused_edge_message(p, q, r, gate, ptr, src, edge_row, **kw)
     return out + ops.segment_gather_mul(gate, rows, m_other, ptr, check_values=False,
-                                        src_transpose=t_row)
+                                        src_transpose=None if transposes is None else transposes[1])
 
 
 def propagate(layer: PlexLayer, x: Tensor, rbf: Tensor, edge_index: Tensor, ptr: Tensor,
