@@ -50,10 +50,10 @@ class PAMNetConfig:
     angle MLP, angle sum), the largest activations; ``True``: also every layer's node MLPs (least
     memory); ``False``: nothing (least time). Values and gradients are the same. At a QM9 batch of
     128 (``benchmarks/saved_activations.py``, ``benchmarks/host_overhead.py``, 2026-12-01): kept
-    activations 502 / 246 / 777 MB (0.134 / 0.066 / 0.208x DimeNet++'s), host time of a tiny train
-    step (the launch-bound regime of a GPU) 47.6 / 64.0 / 39.1 ms (DimeNet++ 47.8 ms), CPU train
-    step at batch 128 (``benchmarks/test_models.py``) 725 / 795 / 639 ms. Checkpoints load across
-    the setting.
+    activations 502 / 246 / 762 MB (0.134 / 0.066 / 0.204x DimeNet++'s), host time of a tiny train
+    step (the launch-bound regime of a GPU) 52.1 / 68.2 / 42.0 ms (DimeNet++ 53.5 ms), CPU train
+    step at batch 128 (``benchmarks/test_models.py``) 693 / 745 / 602 ms (DimeNet++ 2,432 ms).
+    Checkpoints load across the setting.
     """
     dim: int = 128
     n_layer: int = 6
