@@ -267,17 +267,14 @@ def unfused_segment_gather_mul(a, src, b, dst, num_rows: int):
     return a.new_zeros(num_rows, a.size(1)).index_add_(0, dst, a.index_select(0, src) * b)
 
 
-def unfused_fused_edge_message(p, q, r, s, src, dst, edge_row=None):
-    if edge_row is not None:
-        r, s = r.index_select(0, edge_row), s.index_select(0, edge_row)
-    h = p.index_select(0, dst) + q.index_select(0, src) + r
-    return p.new_zeros(p.shape).index_add_(0, dst, F.silu(h) * s)
-
-
 def unfused_edge_message(p, q, r, s, src, dst, edge_row=None):
     if edge_row is not None:
         r, s = r.index_select(0, edge_row), s.index_select(0, edge_row)
     return F.silu(p.index_select(0, dst) + q.index_select(0, src) + r) * s
+
+
+def unfused_fused_edge_message(p, q, r, s, src, dst, edge_row=None):
+    return p.new_zeros(p.shape).index_add_(0, dst, unfused_edge_message(p, q, r, s, src, dst, edge_row))
 
 
 _COMPILED = {}

@@ -1,4 +1,5 @@
-"""segment_gather_mul and fused_edge_message: values, gradients, determinism vs the reference."""
+"""segment_gather_mul and fused_edge_message (with edge_message where the test is the same): values,
+gradients, determinism vs the reference."""
 import pytest
 import torch
 
@@ -178,13 +179,14 @@ def test_fused_edge_message_gradcheck_and_partial_grads():
     close(q2.grad, q3.grad, torch.float64)
 
 
-def test_fused_edge_message_large_activations_are_finite():
+@pytest.mark.parametrize("name", ["fused_edge_message", "edge_message"])
+def test_gated_edge_ops_large_activations_are_finite(name):
     src, ptr = random_csr(10, 10, 50, G)
     p, q, s = rand(10, 4), rand(10, 4), rand(50, 4)
     r = rand(50, 4) * 200  # SiLU saturates both ways: exp must neither overflow nor give NaN
-    out = ops.fused_edge_message(p, q, r, s, ptr, src)
+    out = getattr(ops, name)(p, q, r, s, ptr, src)
     assert bool(torch.isfinite(out).all())
-    close(out, R.fused_edge_message(p, q, r, s, ptr, src), torch.float32)
+    close(out, getattr(R, name)(p, q, r, s, ptr, src), torch.float32)
 
 
 def test_message_ops_deterministic_across_threads():

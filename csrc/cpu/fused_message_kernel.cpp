@@ -28,9 +28,10 @@ namespace cpu {
 
 namespace {
 
-// One edge row: o += silu(pi + qj + re) * se. Restrict-qualified parameters tell GCC the rows do not
-// overlap, so the loop vectorizes without runtime alias checks.
-template <typename scalar_t>
+// One edge row: o += silu(pi + qj + re) * se (kAccumulate, the sum per target) or o = ... (the row of
+// one edge, edge_message). Restrict-qualified parameters tell GCC the rows do not overlap, so the loop
+// vectorizes without runtime alias checks.
+template <bool kAccumulate, typename scalar_t>
 __attribute__((always_inline)) inline void message_row(scalar_t* __restrict o,
                                                        const scalar_t* __restrict pi,
                                                        const scalar_t* __restrict qj,
@@ -38,7 +39,11 @@ __attribute__((always_inline)) inline void message_row(scalar_t* __restrict o,
                                                        const scalar_t* __restrict se, int64_t F) {
   for (int64_t f = 0; f < F; ++f) {
     const scalar_t h = (pi[f] + qj[f]) + re[f];
-    o[f] += h * sigmoid(h) * se[f];
+    if constexpr (kAccumulate) {
+      o[f] += h * sigmoid(h) * se[f];
+    } else {
+      o[f] = h * sigmoid(h) * se[f];
+    }
   }
 }
 
@@ -58,19 +63,6 @@ __attribute__((always_inline)) inline void message_row_backward(
   }
 }
 
-// One edge row, stored: oe = silu(pi + qj + re) * se (edge_message).
-template <typename scalar_t>
-__attribute__((always_inline)) inline void message_row_store(scalar_t* __restrict oe,
-                                                             const scalar_t* __restrict pi,
-                                                             const scalar_t* __restrict qj,
-                                                             const scalar_t* __restrict re,
-                                                             const scalar_t* __restrict se, int64_t F) {
-  for (int64_t f = 0; f < F; ++f) {
-    const scalar_t h = (pi[f] + qj[f]) + re[f];
-    oe[f] = h * sigmoid(h) * se[f];
-  }
-}
-
 template <typename scalar_t>
 __attribute__((always_inline)) inline void edge_rows(scalar_t* out, const scalar_t* p, const scalar_t* q,
                                                      const scalar_t* r, const scalar_t* s,
@@ -80,7 +72,7 @@ __attribute__((always_inline)) inline void edge_rows(scalar_t* out, const scalar
   for (int64_t i = begin; i < end; ++i) {
     for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
       const int64_t k = erow ? erow[e] : e;
-      message_row_store(out + e * F, p + i * F, q + src[e] * F, r + k * F, s + k * F, F);
+      message_row<false>(out + e * F, p + i * F, q + src[e] * F, r + k * F, s + k * F, F);
     }
   }
 }
@@ -96,7 +88,7 @@ __attribute__((always_inline)) inline void forward_rows(scalar_t* out, const sca
     for (int64_t f = 0; f < F; ++f) o[f] = scalar_t(0);
     for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
       const int64_t k = erow ? erow[e] : e;
-      message_row(o, p + i * F, q + src[e] * F, r + k * F, s + k * F, F);
+      message_row<true>(o, p + i * F, q + src[e] * F, r + k * F, s + k * F, F);
     }
   }
 }

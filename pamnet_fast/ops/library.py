@@ -302,20 +302,16 @@ def _fused_edge_message_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:7], *inputs[8:10])
 
 
-def _fused_edge_message_bwd(ctx, grad):
-    p, q, r, s, ptr, src, edge_row, src_t, row_t = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:4])
-    grads = _ops().fused_edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask,
-                                               src_t, row_t)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
-
-
-def _edge_message_bwd(ctx, grad):
-    p, q, r, s, ptr, src, edge_row, src_t, row_t = ctx.saved_tensors
-    mask = list(ctx.needs_input_grad[:4])
-    grads = _ops().edge_message_backward(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask,
-                                         src_t, row_t)
-    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
+def _edge_message_bwd_of(backward_op: str):
+    """The autograd formula of ``fused_edge_message`` or ``edge_message`` (the same inputs; their
+    backward ops differ in the gradient's rows: per target or per edge)."""
+    def backward(ctx, grad):
+        p, q, r, s, ptr, src, edge_row, src_t, row_t = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:4])
+        grads = getattr(_ops(), backward_op)(grad.contiguous(), p, q, r, s, ptr, src, edge_row, mask,
+                                             src_t, row_t)
+        return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 6
+    return backward
 
 
 def _bessel_basis_setup(ctx, inputs, output):
@@ -348,8 +344,8 @@ def _spherical_basis_bwd(ctx, grad):
 
 AUTOGRAD = {
     "segment_gather_mul": (_segment_gather_mul_bwd, _segment_gather_mul_setup),
-    "fused_edge_message": (_fused_edge_message_bwd, _fused_edge_message_setup),
-    "edge_message": (_edge_message_bwd, _fused_edge_message_setup),  # the same inputs
+    "fused_edge_message": (_edge_message_bwd_of("fused_edge_message_backward"), _fused_edge_message_setup),
+    "edge_message": (_edge_message_bwd_of("edge_message_backward"), _fused_edge_message_setup),
     "bessel_basis": (_bessel_basis_bwd, _bessel_basis_setup),
     "spherical_basis": (_spherical_basis_bwd, _spherical_basis_setup),
 }

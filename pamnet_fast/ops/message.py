@@ -82,13 +82,8 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
     float32/float64 everywhere; float16/bfloat16 on CUDA (Triton; sums in float32, output and
     gradients in the input dtype). Deterministic: the same bits on every run.
     """
-    op = "fused_edge_message"
-    for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
-        checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
-    kernel = _kernel or _ops().fused_edge_message
-    row = None if edge_row is None else _index(op, "edge_row", edge_row)
-    return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
-                  _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)
+    return _gated_edge_op("fused_edge_message", _kernel, p, q, r, s, ptr, src, edge_row, check_values,
+                          src_transpose, row_transpose)
 
 
 def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
@@ -109,10 +104,17 @@ def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: T
     Args and dtypes as :func:`fused_edge_message` (the target of edge ``e`` is the segment of ``ptr``
     that holds it). Returns ``[E, F]``.
     """
-    op = "edge_message"
+    return _gated_edge_op("edge_message", _kernel, p, q, r, s, ptr, src, edge_row, check_values,
+                          src_transpose, row_transpose)
+
+
+def _gated_edge_op(op: str, kernel, p, q, r, s, ptr, src, edge_row, check_values, src_transpose,
+                   row_transpose) -> Tensor:
+    """``fused_edge_message`` / ``edge_message`` (``op``): the same inputs, checked and passed the
+    same way to the op (or to ``kernel``, a Triton launcher)."""
     for name, t in (("p", p), ("q", q), ("r", r), ("s", s)):
-        checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, _kernel))
-    kernel = _kernel or _ops().edge_message
+        checks.floating(op, name, t, dim=2, half_ok=_half_ok(t, kernel))
+    kernel = kernel or getattr(_ops(), op)
     row = None if edge_row is None else _index(op, "edge_row", edge_row)
     return kernel(p.contiguous(), q.contiguous(), r.contiguous(), s.contiguous(), _index(op, "ptr", ptr),
                   _index(op, "src", src), row, bool(check_values), src_transpose, row_transpose)

@@ -147,11 +147,15 @@ def triplets(edge_index: Tensor, num_nodes: int, include_self_pairs: bool = Fals
     return (kj, ji, _ptr_from_targets(ji, num_edges), j2i, ji1, _ptr_from_targets(ji1, num_edges))
 
 
+def _segment_rows(ptr: Tensor) -> Tensor:
+    """The segment of each entry of a CSR pointer ``ptr [R + 1]``: ``[ptr[-1]]``."""
+    return torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
+
+
 def segment_gather_mul(a: Tensor, src: Tensor, b: Tensor, ptr: Tensor) -> Tensor:
     """``out[r] = sum_{s in [ptr[r], ptr[r+1])} a[src[s]] * b[s]``; a: [M, F], b: [S, F], out: [R, F]."""
-    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
     out = a.new_zeros(ptr.numel() - 1, a.size(1))
-    return out.index_add_(0, rows, a.index_select(0, src.long()) * b)
+    return out.index_add_(0, _segment_rows(ptr), a.index_select(0, src.long()) * b)
 
 
 def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
@@ -161,12 +165,8 @@ def fused_edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, 
 
     p: [N, F] target projection, q: [M, F] source projection, r: [R, F] edge term, s: [R, F] gate.
     """
-    if edge_row is not None:
-        r, s = r.index_select(0, edge_row.long()), s.index_select(0, edge_row.long())
-    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
-    h = p.index_select(0, rows) + q.index_select(0, src.long()) + r
     out = p.new_zeros(ptr.numel() - 1, p.size(1))
-    return out.index_add_(0, rows, torch.nn.functional.silu(h) * s)
+    return out.index_add_(0, _segment_rows(ptr), edge_message(p, q, r, s, ptr, src, edge_row))
 
 
 def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: Tensor,
@@ -175,8 +175,7 @@ def edge_message(p: Tensor, q: Tensor, r: Tensor, s: Tensor, ptr: Tensor, src: T
     ``k = edge_row[e]`` (default ``e``): the terms of :func:`fused_edge_message`, not summed. ``[E, F]``."""
     if edge_row is not None:
         r, s = r.index_select(0, edge_row.long()), s.index_select(0, edge_row.long())
-    rows = torch.arange(ptr.numel() - 1, device=ptr.device).repeat_interleave(ptr[1:] - ptr[:-1])
-    h = p.index_select(0, rows) + q.index_select(0, src.long()) + r
+    h = p.index_select(0, _segment_rows(ptr)) + q.index_select(0, src.long()) + r
     return torch.nn.functional.silu(h) * s
 
 
